@@ -1,0 +1,45 @@
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test demo deps binaries prometheus unit stack-down clean help
+
+help:
+	@echo "make test   - set everything up (Python deps, cluster binaries, Prometheus) and run every test"
+	@echo "make demo   - bring up the local stack (cluster + Prometheus) and keep it until Ctrl-C"
+	@echo "make unit   - only the fast unit tests"
+
+## test: set-up included, then every test; fails if any process of the stack survives.
+test: deps binaries prometheus
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+	hack/check-no-leftovers.sh
+
+unit: deps
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+demo: deps binaries prometheus
+	$(PY) -m canarist.devstack up --name canarist-demo
+
+deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "canarist needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+binaries:
+	hack/build-binaries.sh >/dev/null
+
+prometheus:
+	hack/install-prometheus.sh
+
+stack-down: deps
+	$(PY) -m canarist.devstack down --name canarist-demo
+	$(PY) -m canarist.devstack down --name canarist-test
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,138 @@
+"""A real Kubernetes control plane on 127.0.0.1, with nodes simulated by kwok.
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller run as
+local processes wired together by kwokctl's `binary` runtime, from binaries built by
+hack/build-binaries.sh. kwok makes the simulated nodes Ready and moves scheduled pods to
+Running/Ready, so Deployments reach their ready replica counts without any container runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .binaries import ensure_binaries
+from .procs import pid_alive, stop_process_group, wait_until
+
+K8S_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+
+
+@dataclass
+class LocalCluster:
+    """One local cluster. `workdir` holds its state, pki, logs and kubeconfig; `stop()` removes it all."""
+
+    name: str
+    workdir: Path
+    nodes: int = 2
+    bin_dir: Path | None = None
+    kubeconfig: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.kubeconfig = self.workdir / "kubeconfig"
+
+    # kwokctl keeps each cluster under $KWOK_WORKDIR/clusters/<name>.
+    @property
+    def _kwok_home(self) -> Path:
+        return self.workdir / "kwok"
+
+    @property
+    def _cluster_dir(self) -> Path:
+        return self._kwok_home / "clusters" / self.name
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KWOK_WORKDIR"] = str(self._kwok_home)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def _kwokctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        assert self.bin_dir is not None
+        argv = [str(self.bin_dir / "kwokctl"), "--name", self.name, *args]
+        result = subprocess.run(argv, env=self._env(), capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def _write_config(self) -> Path:
+        assert self.bin_dir is not None
+        b = self.bin_dir
+        config = {
+            "kind": "KwokctlConfiguration",
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "options": {
+                "runtime": "binary",
+                "bindAddress": "127.0.0.1",  # kwokctl's default is 0.0.0.0
+                "kubeVersion": _binary_version(b / "kube-apiserver"),
+                "kubeApiserverBinary": str(b / "kube-apiserver"),
+                "kubeControllerManagerBinary": str(b / "kube-controller-manager"),
+                "kubeSchedulerBinary": str(b / "kube-scheduler"),
+                "kubectlBinary": str(b / "kubectl"),
+                "etcdBinary": str(b / "etcd"),
+                "kwokControllerBinary": str(b / "kwok"),
+                "kubeAuthorization": True,
+                "kubeAdmission": True,
+                "disableQPSLimits": True,
+            },
+        }
+        path = self.workdir / "kwokctl.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def start(self) -> "LocalCluster":
+        self.bin_dir = self.bin_dir or ensure_binaries()
+        self.stop()  # a crashed earlier run may have left this cluster behind
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        try:
+            self._kwokctl("--config", str(config), "create", "cluster", "--kubeconfig", str(self.kubeconfig),
+                          "--wait", "3m", "--timeout", "5m", timeout=400)
+            self._kwokctl("scale", "node", "--replicas", str(self.nodes))
+            wait_until(self._nodes_ready, 120, f"{self.nodes} Ready nodes")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        assert self.bin_dir is not None, "cluster not started"
+        return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, check=check, timeout=120)
+
+    def _nodes_ready(self) -> bool:
+        out = self.kubectl("get", "nodes", "-o",
+                           "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}").stdout
+        return out.split().count("True") >= self.nodes
+
+    def pids(self) -> list[int]:
+        """Pids of the cluster's component processes that are still alive."""
+        found = []
+        for pidfile in (self._cluster_dir / "pids").glob("*.pid"):
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                found.append(pid)
+        return found
+
+    def stop(self) -> None:
+        """Stop every process of the cluster and delete its state. Safe to call more than once."""
+        if self._cluster_dir.exists() and self.bin_dir and (self.bin_dir / "kwokctl").exists():
+            try:
+                self._kwokctl("delete", "cluster", timeout=120)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass  # fall through to killing the recorded pids
+        for pid in self.pids():
+            stop_process_group(pid)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _binary_version(path: Path) -> str:
+    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split()[-1]  # "Kubernetes v1.34.4"

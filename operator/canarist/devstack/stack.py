@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .binaries import cache_dir
 from .cluster import LocalCluster
+from .gatewayapi import install_gateway_api_crds
 from .procs import pid_alive
 from .prometheus import LocalPrometheus
 
@@ -44,6 +45,7 @@ class LocalStack:
     def start(self) -> "LocalStack":
         try:
             self.cluster.start()
+            install_gateway_api_crds(self.cluster.kubectl)
             self.prometheus.start()
         except BaseException:
             self.stop()

@@ -1,0 +1,1 @@
+"""CanaryRelease v1alpha1: pydantic models, the CRD generated from them, and durations."""

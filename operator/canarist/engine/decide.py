@@ -1,0 +1,356 @@
+"""The rollout state machine. Pure: no I/O, no clock; every tick is decide(spec, status, world, now).
+
+Failure counting, stated once so users can predict it: each analysis run (one tick of every
+gate) is one check. A check fails when any gate fails (or, with onNoData/onError: Fail, has no
+data or errors); it passes when every gate passes; otherwise it is inconclusive and the step
+holds. Counts are per step. A step advances after `checksPerStep` passed checks; the rollout
+rolls back on the failed check that makes `checksFailed > failureLimit` — in that same tick.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from canarist.api.durations import parse_duration
+from canarist.api.spec import CanaryReleaseSpec
+from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase
+
+from .conditions import set_condition
+from .model import Decision, EnsurePrimary, EnsureServices, Event, ScaleCanary, SetRoute, World
+from .validation import spec_problems
+
+ROLLOUT_PHASES = (Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING)
+STEADY_PHASES = (Phase.IDLE, Phase.SUCCEEDED, Phase.ROLLED_BACK)
+
+
+def analysis_due(status: CanaryReleaseStatus, now: datetime) -> bool:
+    """Whether the handler should run the gates before calling decide() this tick."""
+    if status.phase != Phase.PROGRESSING or status.canary_weight <= 0 or status.pinned_analysis is None:
+        return False
+    since = status.last_check_at or status.step_started_at
+    return since is None or now >= since + parse_duration(status.pinned_analysis.interval)
+
+
+def decide(spec: CanaryReleaseSpec, status: CanaryReleaseStatus, world: World, now: datetime,
+           generation: int | None = None) -> Decision:
+    return _Tick(spec, status, world, now, generation).run()
+
+
+def _short(revision: str | None) -> str:
+    return (revision or "?")[:10]
+
+
+class _Tick:
+    def __init__(self, spec: CanaryReleaseSpec, status: CanaryReleaseStatus, world: World, now: datetime,
+                 generation: int | None) -> None:
+        self.spec, self.world, self.now = spec, world, now
+        self.s = status.model_copy(deep=True)
+        self.s.observed_generation = generation
+        self.d = Decision(status=self.s)
+        self.spec_issues = spec_problems(spec)
+
+    # -- entry -------------------------------------------------------------------------------
+
+    def run(self) -> Decision:
+        s, w = self.s, self.world
+        if w.problems or w.target_revision is None:
+            self._blocked()
+        else:
+            s.phase = s.phase or Phase.INITIALIZING
+            if s.phase == Phase.INITIALIZING:
+                self._initializing()
+            elif s.phase in STEADY_PHASES:
+                self._steady()
+            elif s.phase == Phase.PROMOTING:
+                self._promoting()
+            else:
+                self._rolling()
+        self._conditions()
+        return self.d
+
+    def _event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.d.events.append(Event(reason, message, "Warning" if warning else "Normal"))
+
+    def _take(self, action: str) -> bool:
+        """True once per new request token for `action`; marks it handled."""
+        token = getattr(self.world.requests, action)
+        if token is None or self.s.handled_requests.get(action) == token:
+            return False
+        self.s.handled_requests[action] = token
+        return True
+
+    def _ignore_requests(self, *actions: str) -> None:
+        for action in actions:
+            if self._take(action):
+                self._event("RequestIgnored", f"{action} request ignored: nothing to {action} in phase {self.s.phase.value}")
+
+    @property
+    def _paused(self) -> bool:
+        return self.spec.suspend or self.world.requests.paused
+
+    def _pause_reason(self) -> str:
+        return "spec.suspend is true" if self.spec.suspend else "the canarist.dev/paused annotation is set"
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def _blocked(self) -> None:
+        s = self.s
+        problems = list(self.world.problems) or ["spec.targetRef: the target Deployment is missing"]
+        s.message = "; ".join(problems)
+        # Never touch the stable version because of bad input; only stop sending users to a canary
+        # that can no longer be trusted or that has disappeared.
+        if s.phase in ROLLOUT_PHASES and s.canary_weight > 0 and self.world.routing_available:
+            self.d.actions.append(SetRoute(100, 0))
+
+    def _initializing(self) -> None:
+        s, w = self.s, self.world
+        self.d.actions += [EnsureServices(), EnsurePrimary(w.target_revision), SetRoute(100, 0)]
+        if w.primary_ready and w.primary_revision == w.target_revision:
+            self.d.actions.append(ScaleCanary(up=False))
+            s.revisions.primary = w.target_revision
+            s.phase, s.canary_weight = Phase.IDLE, 0
+            s.message = f"primary serves revision {_short(w.target_revision)}"
+            self._event("Initialized", f"created the primary for revision {_short(w.target_revision)}; "
+                                       "all traffic goes to it")
+        else:
+            s.message = f"waiting for the primary (revision {_short(w.target_revision)}) to be Ready"
+
+    def _steady(self) -> None:
+        s, w = self.s, self.world
+        target = w.target_revision
+        retry = self._take("retry")
+        if retry and not (s.phase == Phase.ROLLED_BACK and target == s.rolled_back_revision):
+            self._event("RequestIgnored", "retry request ignored: there is no rolled-back revision to retry")
+            retry = False
+        self._ignore_requests("abort", "promote")
+
+        if target == s.revisions.primary:
+            if s.phase == Phase.ROLLED_BACK:
+                s.phase = Phase.IDLE
+            s.message = f"primary serves revision {_short(target)}"
+        elif s.phase == Phase.ROLLED_BACK and target == s.rolled_back_revision and not retry:
+            s.message = (f"revision {_short(target)} was rolled back; change the Deployment for a new revision, "
+                         "or request a retry to release it again")
+        elif self._paused:
+            s.message = f"revision {_short(target)} waits: {self._pause_reason()}"
+        elif self.spec_issues:
+            s.message = f"revision {_short(target)} cannot start: " + "; ".join(self.spec_issues)
+        else:
+            if retry:
+                self._event("Retry", f"retrying revision {_short(target)} by request")
+            self._start_rollout(target)
+            return
+        self._converge()
+
+    def _rolling(self) -> None:
+        s, w = self.s, self.world
+        if w.target_revision != s.revisions.canary:
+            self._target_changed()
+            return
+        if self._take("abort"):
+            self._rollback("Aborted", "aborted by request")
+            return
+        if self._take("promote"):
+            self._event("ManualPromotion", f"promoting revision {_short(s.revisions.canary)} by request, "
+                                           f"skipping the remaining steps")
+            self._start_promoting()
+            return
+        self._ignore_requests("retry")
+
+        if self._paused:
+            if s.phase != Phase.PAUSED:
+                s.phase = Phase.PAUSED
+                self._event("Paused", f"rollout paused at {s.canary_weight}%: {self._pause_reason()}")
+            s.message = f"paused at {s.canary_weight}%: {self._pause_reason()}"
+            self._converge()
+            return
+        if s.phase == Phase.PAUSED:
+            s.phase = Phase.PROGRESSING
+            s.last_check_at = self.now  # evidence after a pause starts a fresh interval
+            self._event("Resumed", f"rollout resumed at {s.canary_weight}%")
+
+        if s.canary_weight == 0:
+            if w.canary_ready:
+                self._enter_step(0)
+            else:
+                s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
+        elif w.checks is not None:
+            self._evaluate(w.checks)
+        if s.phase == Phase.PROGRESSING:
+            self._check_hold_timeout()
+        self._converge()
+
+    def _promoting(self) -> None:
+        s, w = self.s, self.world
+        if w.target_revision != s.revisions.canary:
+            if w.primary_revision == s.revisions.canary:
+                s.revisions.primary = s.revisions.canary  # the primary had already been updated
+            self._target_changed()
+            return
+        self._ignore_requests("abort", "promote", "retry")
+        if w.primary_ready and w.primary_revision == s.revisions.canary:
+            s.revisions.primary = s.revisions.canary
+            s.phase, s.canary_weight = Phase.SUCCEEDED, 0
+            s.message = f"revision {_short(s.revisions.primary)} promoted; the primary serves it"
+            self._event("Promoted", s.message)
+        else:
+            s.message = f"promoting: waiting for the primary to run revision {_short(s.revisions.canary)}"
+        self._converge()
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _start_rollout(self, revision: str) -> None:
+        s = self.s
+        s.phase = Phase.PROGRESSING
+        s.revisions.canary = revision
+        s.pinned_steps = list(self.spec.steps)
+        s.pinned_analysis = self.spec.analysis.model_copy(deep=True)
+        s.step_index, s.canary_weight = 0, 0
+        s.step_started_at = s.last_check_at = None
+        s.last_checks = []
+        s.rolled_back_revision = None
+        self._reset_counters()
+        s.message = f"waiting for the canary (revision {_short(revision)}) to be Ready"
+        gates = len(s.pinned_analysis.metrics) + (1 if s.pinned_analysis.min_samples else 0)
+        self._event("RolloutStarted", f"releasing revision {_short(revision)} through steps {s.pinned_steps} "
+                                      f"with {gates} gate(s) every {s.pinned_analysis.interval}")
+        self._converge()
+
+    def _target_changed(self) -> None:
+        s, target = self.s, self.world.target_revision
+        old = s.revisions.canary
+        if target == s.revisions.primary:
+            s.phase, s.canary_weight = Phase.IDLE, 0
+            s.message = f"the Deployment went back to the primary's revision {_short(target)}; rollout cancelled"
+            self._event("RolloutCancelled", s.message)
+            self._converge()
+            return
+        self._event("NewRevision", f"revision {_short(target)} replaced {_short(old)} mid-rollout; "
+                                   "restarting from the first step with the analysis now in the spec")
+        if self._paused or self.spec_issues:
+            # Send users back to the primary; the steady phase starts the new revision once it can.
+            s.phase, s.canary_weight = Phase.IDLE, 0
+            reason = self._pause_reason() if self._paused else "; ".join(self.spec_issues)
+            s.message = f"revision {_short(target)} waits: {reason}"
+            self._converge()
+            return
+        self._start_rollout(target)
+
+    def _enter_step(self, index: int) -> None:
+        s = self.s
+        steps = s.pinned_steps or self.spec.steps
+        s.step_index, s.canary_weight = index, steps[index]
+        s.step_started_at, s.last_check_at = self.now, None
+        self._reset_counters()
+        s.message = f"step {index + 1}/{len(steps)}: {s.canary_weight}% to the canary"
+        self._event("StepStarted", f"step {index + 1}/{len(steps)}: canary weight {s.canary_weight}%")
+
+    def _reset_counters(self) -> None:
+        s = self.s
+        s.checks_passed = s.checks_failed = s.checks_inconclusive = s.provider_errors = 0
+
+    def _start_promoting(self) -> None:
+        s = self.s
+        s.phase = Phase.PROMOTING
+        s.message = f"promoting: updating the primary to revision {_short(s.revisions.canary)}"
+        self._converge()
+
+    def _rollback(self, reason: str, why: str) -> None:
+        s = self.s
+        at = f"step {s.step_index + 1} ({s.canary_weight}%)" if s.canary_weight else "before the first step"
+        s.phase, s.canary_weight = Phase.ROLLED_BACK, 0
+        s.rolled_back_revision = s.revisions.canary
+        s.message = f"rolled back revision {_short(s.revisions.canary)} at {at}: {why}"
+        self._event("RolledBack", f"{reason}: {s.message}", warning=True)
+        self._converge()
+
+    # -- analysis ----------------------------------------------------------------------------
+
+    def _evaluate(self, checks: tuple[Check, ...]) -> None:
+        s = self.s
+        analysis = s.pinned_analysis
+        assert analysis is not None
+        s.last_checks, s.last_check_at = list(checks), self.now
+        s.provider_errors += sum(1 for c in checks if c.result == CheckResult.ERROR)
+
+        def counts_as_failure(c: Check) -> bool:
+            return (c.result == CheckResult.FAILED
+                    or (c.result == CheckResult.NO_DATA and analysis.on_no_data == "Fail")
+                    or (c.result == CheckResult.ERROR and analysis.on_error == "Fail"))
+
+        failed = [c for c in checks if counts_as_failure(c)]
+        if failed:
+            s.checks_failed += 1
+            detail = "; ".join(c.describe() for c in failed)
+            if s.checks_failed > analysis.failure_limit:
+                self._rollback("CheckFailed", f"failed check {s.checks_failed} (failureLimit "
+                                              f"{analysis.failure_limit}): {detail}")
+                return
+            s.message = (f"step {s.step_index + 1}: check failed ({s.checks_failed} of "
+                         f"{analysis.failure_limit} tolerated): {detail}")
+            self._event("CheckFailed", s.message, warning=True)
+        elif any(c.result != CheckResult.PASSED for c in checks):
+            s.checks_inconclusive += 1
+            detail = "; ".join(c.describe() for c in checks if c.result != CheckResult.PASSED)
+            s.message = f"step {s.step_index + 1} holds at {s.canary_weight}%: {detail}"
+        else:
+            s.checks_passed += 1
+            if s.checks_passed >= analysis.checks_per_step:
+                self._advance()
+            else:
+                s.message = (f"step {s.step_index + 1}: {s.checks_passed}/{analysis.checks_per_step} "
+                             "checks passed")
+
+    def _advance(self) -> None:
+        s = self.s
+        steps = s.pinned_steps or self.spec.steps
+        if s.step_index + 1 < len(steps):
+            self._enter_step(s.step_index + 1)
+        else:
+            self._event("AnalysisPassed", f"revision {_short(s.revisions.canary)} passed every step")
+            self._start_promoting()
+
+    def _check_hold_timeout(self) -> None:
+        s = self.s
+        analysis = s.pinned_analysis
+        if analysis is None or analysis.hold_timeout is None or s.step_started_at is None:
+            return
+        if self.now - s.step_started_at >= parse_duration(analysis.hold_timeout):
+            self._rollback("HoldTimeout", f"step {s.step_index + 1} did not advance within holdTimeout "
+                                          f"{analysis.hold_timeout} (last: {s.message})")
+
+    # -- desired state -----------------------------------------------------------------------
+
+    def _converge(self) -> None:
+        """The actions that make the world match the status; idempotent, re-sent every tick."""
+        s, actions = self.s, self.d.actions
+        actions.clear()
+        if s.phase in STEADY_PHASES:
+            # Route first: on rollback users leave the canary before it is scaled down.
+            actions += [EnsureServices(), SetRoute(100, 0), ScaleCanary(up=False)]
+        elif s.phase == Phase.PROMOTING:
+            actions += [EnsureServices(), ScaleCanary(up=True), EnsurePrimary(s.revisions.canary),
+                        SetRoute(100 - s.canary_weight, s.canary_weight)]
+        else:
+            actions += [EnsureServices(), ScaleCanary(up=True), SetRoute(100 - s.canary_weight, s.canary_weight)]
+
+    def _conditions(self) -> None:
+        s, w, now, gen = self.s, self.world, self.now, self.s.observed_generation
+        conds = s.conditions
+        if w.problems or w.target_revision is None:
+            conds = set_condition(conds, "Ready", False, "Blocked", s.message, now, gen)
+        elif self.spec_issues:
+            conds = set_condition(conds, "Ready", False, "InvalidSpec", "; ".join(self.spec_issues), now, gen)
+        elif s.phase == Phase.INITIALIZING:
+            conds = set_condition(conds, "Ready", False, "Initializing", s.message, now, gen)
+        else:
+            conds = set_condition(conds, "Ready", True, "PrimaryServing",
+                                  f"primary serves revision {_short(s.revisions.primary)}", now, gen)
+        phase = s.phase or Phase.INITIALIZING
+        conds = set_condition(conds, "Progressing", phase in ROLLOUT_PHASES, phase.value, s.message, now, gen)
+        promoted = phase in (Phase.IDLE, Phase.SUCCEEDED) and s.revisions.primary == w.target_revision
+        conds = set_condition(conds, "Promoted", promoted, phase.value,
+                              s.message if promoted else f"phase {phase.value}", now, gen)
+        conds = set_condition(conds, "RolledBack", phase == Phase.ROLLED_BACK, phase.value,
+                              s.message if phase == Phase.ROLLED_BACK else "", now, gen)
+        s.conditions = conds

@@ -1,0 +1,54 @@
+"""The interface every traffic provider implements, and the errors they share."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class RoutingError(Exception):
+    """A route cannot be managed; the message names the spec field and the fix."""
+
+
+class RoutingUnavailable(RoutingError):
+    """The provider's API is missing from the cluster (e.g. its CRDs are not installed)."""
+
+
+class RouteConflict(RoutingError):
+    """An object canarist would manage exists and belongs to someone else; canarist leaves it alone."""
+
+
+@runtime_checkable
+class TrafficRouter(Protocol):
+    """Splits one release's traffic between its primary and canary Services.
+
+    One instance manages the routing object(s) of one CanaryRelease. Every method is idempotent:
+    handlers call them on each tick and after restarts.
+    """
+
+    def ensure(self, primary_weight: int, canary_weight: int) -> None:
+        """Create or update the route with these weights; cheap when nothing changes."""
+        ...
+
+    def get_weights(self) -> tuple[int, int] | None:
+        """(primary, canary) as the cluster has them now; None when the route does not exist."""
+        ...
+
+    def finalize(self, keep_serving: str | None) -> None:
+        """Called when the CanaryRelease is deleted.
+
+        keep_serving: a Service name to send all traffic to, leaving the route in place without
+        the CanaryRelease as its owner; None deletes the route.
+        """
+        ...
+
+
+def validate_weights(primary_weight: int, canary_weight: int) -> None:
+    """Weights are whole percentages: ints 0..100 that sum to 100."""
+    for label, weight in (("primary", primary_weight), ("canary", canary_weight)):
+        # bool is an int subclass; True as a weight is a bug, not 1%.
+        if not isinstance(weight, int) or isinstance(weight, bool):
+            raise ValueError(f"{label} weight must be an int, got {weight!r}")
+        if not 0 <= weight <= 100:
+            raise ValueError(f"{label} weight must be within 0..100, got {weight}")
+    if primary_weight + canary_weight != 100:
+        raise ValueError(f"weights must sum to 100, got {primary_weight} + {canary_weight}")

@@ -1,0 +1,300 @@
+"""Traffic splitting with a Gateway API HTTPRoute (gateway.networking.k8s.io/v1) that canarist owns.
+
+The route has one rule: the user's matches and two weighted backendRefs, the primary and the
+canary Service. Writes are GET, compare, then create or replace with the resourceVersion that
+was read: a replace can only land on the object whose ownership was just checked, and nothing
+is written when the route already says what canarist wants.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+from .base import RouteConflict, RoutingError, RoutingUnavailable, validate_weights
+
+log = logging.getLogger(__name__)
+
+GROUP = "gateway.networking.k8s.io"
+VERSION = "v1"
+PLURAL = "httproutes"
+KIND = "HTTPRoute"
+FIELD = "spec.routing.gatewayAPI"
+FIELD_MANAGER = "canarist"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "canarist"
+GATEWAY_API_VERSION = "v1.4.1"
+# Optimistic-concurrency retries; each conflict means someone else just wrote the route.
+_ATTEMPTS = 5
+
+_DEFAULT_PATH = {"type": "PathPrefix", "value": "/"}
+
+
+def build_httproute(*, namespace: str, name: str, owner: Mapping[str, Any] | None,
+                    parent_refs: Sequence[Mapping[str, Any]], hostnames: Sequence[str],
+                    matches: Sequence[Mapping[str, Any]] | None, port: int,
+                    backends: Sequence[tuple[str, int]]) -> dict:
+    """The HTTPRoute canarist wants: one rule with `matches` and weighted Service backends."""
+    rule: dict[str, Any] = {}
+    if matches:
+        rule["matches"] = copy.deepcopy([dict(m) for m in matches])
+    rule["backendRefs"] = [{"name": service, "port": port, "weight": weight} for service, weight in backends]
+    spec: dict[str, Any] = {"parentRefs": copy.deepcopy([dict(p) for p in parent_refs])}
+    if hostnames:
+        spec["hostnames"] = list(hostnames)
+    spec["rules"] = [rule]
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}}
+    if owner is not None:
+        metadata["ownerReferences"] = [dict(owner)]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": spec}
+
+
+def canonical_spec(spec: Mapping[str, Any]) -> dict:
+    """`spec` with the CRD's defaults filled in, so what was sent compares equal to what is stored."""
+    out = copy.deepcopy(dict(spec))
+    out.setdefault("hostnames", [])
+    for parent in out.setdefault("parentRefs", []):
+        parent.setdefault("group", GROUP)
+        parent.setdefault("kind", "Gateway")
+    for rule in out.setdefault("rules", [{}]):
+        for match in rule.setdefault("matches", [{}]):
+            path = match.setdefault("path", {})
+            for key, value in _DEFAULT_PATH.items():
+                path.setdefault(key, value)
+            for item in match.get("headers", []) + match.get("queryParams", []):
+                item.setdefault("type", "Exact")
+        for ref in rule.get("backendRefs", []):
+            ref.setdefault("group", "")
+            ref.setdefault("kind", "Service")
+            ref.setdefault("weight", 1)
+    return out
+
+
+def weights_of(route: Mapping[str, Any], primary_service: str, canary_service: str) -> tuple[int, int]:
+    """(primary, canary) weights of a route; a Service that is not referenced has weight 0."""
+    weights: dict[str, int] = {}
+    for rule in canonical_spec(route.get("spec", {}))["rules"]:
+        for ref in rule.get("backendRefs", []):
+            if ref["group"] == "" and ref["kind"] == "Service":
+                weights[ref["name"]] = weights.get(ref["name"], 0) + ref["weight"]
+    return weights.get(primary_service, 0), weights.get(canary_service, 0)
+
+
+def is_missing_object(exc: ApiException) -> bool:
+    """A 404 about a named object; otherwise the resource type itself is unknown to the server."""
+    if exc.status != 404:
+        return False
+    try:
+        details = json.loads(exc.body or "").get("details") or {}
+    except (ValueError, AttributeError):
+        return False  # e.g. a plain "404 page not found"
+    return bool(details.get("name"))
+
+
+def unavailable_error() -> RoutingUnavailable:
+    return RoutingUnavailable(
+        f"{FIELD}: the Gateway API CRDs ({PLURAL}.{GROUP}, version {VERSION}) are not installed in the "
+        f"cluster; install the standard channel CRDs (kubectl apply --server-side -f https://github.com/"
+        f"kubernetes-sigs/gateway-api/releases/download/{GATEWAY_API_VERSION}/standard-install.yaml) "
+        f"or configure another routing provider"
+    )
+
+
+def _raise_if_type_missing(exc: ApiException) -> None:
+    if exc.status == 404 and not is_missing_object(exc):
+        raise unavailable_error() from exc
+
+
+class GatewayAPIRouter:
+    """Manages the HTTPRoute `namespace/name` of one CanaryRelease (see TrafficRouter)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, name: str, owner: dict,
+                 parent_refs: list[dict], hostnames: list[str], matches: list[dict] | None, port: int,
+                 primary_service: str, canary_service: str) -> None:
+        if not owner.get("uid"):
+            raise ValueError("owner must be an ownerReference with a uid")
+        if primary_service == canary_service:
+            raise ValueError(f"primary and canary Service must differ, both are {primary_service!r}")
+        self._custom = kubernetes.client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.name = name
+        self.owner = dict(owner)
+        self.parent_refs = parent_refs
+        self.hostnames = hostnames
+        self.matches = matches
+        self.port = port
+        self.primary_service = primary_service
+        self.canary_service = canary_service
+
+    # -- TrafficRouter -------------------------------------------------------------------------
+
+    def ensure(self, primary_weight: int, canary_weight: int) -> None:
+        validate_weights(primary_weight, canary_weight)
+        desired = self._build([(self.primary_service, primary_weight), (self.canary_service, canary_weight)],
+                              owned=True)
+        for _ in range(_ATTEMPTS):
+            current = self._get()
+            if current is None:
+                if self._create(desired):
+                    return
+                continue
+            if self._ownership(current) == "foreign":
+                raise self._conflict(current)
+            # "orphan" (left behind by finalize(keep_serving)) is adopted here.
+            if self._write_if_changed(current, desired, owned=True):
+                return
+        raise RoutingError(f"{FIELD}: HTTPRoute {self._ref} kept changing under canarist; "
+                           f"gave up after {_ATTEMPTS} attempts (will retry)")
+
+    def get_weights(self) -> tuple[int, int] | None:
+        current = self._get()
+        if current is None:
+            return None
+        if self._ownership(current) == "foreign":
+            raise self._conflict(current)
+        return weights_of(current, self.primary_service, self.canary_service)
+
+    def finalize(self, keep_serving: str | None) -> None:
+        for _ in range(_ATTEMPTS):
+            current = self._get()
+            if current is None:
+                return
+            if self._ownership(current) != "ours":
+                # Never someone else's to change; raising would only block the CanaryRelease's deletion.
+                log.info("HTTPRoute %s is not owned by this CanaryRelease; leaving it as it is", self._ref)
+                return
+            if keep_serving is None:
+                if self._delete(current["metadata"]["uid"]):
+                    return
+                continue
+            # The label stays, so a CanaryRelease created later under this name adopts the route.
+            desired = self._build([(keep_serving, 100)], owned=False)
+            if self._write_if_changed(current, desired, owned=False):
+                return
+        raise RoutingError(f"{FIELD}: HTTPRoute {self._ref} kept changing under canarist; "
+                           f"gave up after {_ATTEMPTS} attempts (will retry)")
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @property
+    def _ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def _build(self, backends: Sequence[tuple[str, int]], owned: bool) -> dict:
+        return build_httproute(namespace=self.namespace, name=self.name, owner=self.owner if owned else None,
+                               parent_refs=self.parent_refs, hostnames=self.hostnames, matches=self.matches,
+                               port=self.port, backends=backends)
+
+    def _ownership(self, route: Mapping[str, Any]) -> str:
+        """"ours", "orphan" (canarist's label, no controller: adoptable) or "foreign"."""
+        meta = route.get("metadata", {})
+        refs = meta.get("ownerReferences") or []
+        if any(ref.get("uid") == self.owner["uid"] for ref in refs):
+            return "ours"
+        labelled = (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+        if labelled and not any(ref.get("controller") for ref in refs):
+            return "orphan"
+        return "foreign"
+
+    def _conflict(self, route: Mapping[str, Any]) -> RouteConflict:
+        meta = route.get("metadata", {})
+        controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+        if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+            why = f"is not managed by canarist (no label {MANAGED_BY_LABEL}={MANAGED_BY})"
+            fix = (f"delete or rename that HTTPRoute, or label it {MANAGED_BY_LABEL}={MANAGED_BY} "
+                   f"to hand it over to canarist")
+        else:
+            why = f"is controlled by {controller.get('kind')} {controller.get('name')} (uid {controller.get('uid')})"
+            fix = "delete that HTTPRoute or remove its controller ownerReference"
+        return RouteConflict(f"{FIELD}: HTTPRoute {self._ref} already exists and {why}; canarist left it "
+                             f"untouched. To fix: {fix}")
+
+    def _merged(self, current: Mapping[str, Any], desired: Mapping[str, Any], owned: bool) -> dict:
+        """`current` with canarist's spec, label and (if `owned`) ownerReference; other metadata kept."""
+        meta = copy.deepcopy(current["metadata"])
+        meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
+        refs, placed = [], False
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("uid") != self.owner["uid"]:
+                refs.append(ref)
+            elif owned and not placed:
+                refs.append(dict(self.owner))  # in place, so an unchanged list compares equal
+                placed = True
+        if owned and not placed:
+            refs.append(dict(self.owner))
+        if refs:
+            meta["ownerReferences"] = refs
+        else:
+            meta.pop("ownerReferences", None)
+        meta.pop("managedFields", None)
+        return {"apiVersion": desired["apiVersion"], "kind": desired["kind"], "metadata": meta,
+                "spec": copy.deepcopy(desired["spec"])}
+
+    def _write_if_changed(self, current: Mapping[str, Any], desired: Mapping[str, Any], owned: bool) -> bool:
+        """Replace `current` unless it already matches; False when it changed meanwhile (retry)."""
+        updated = self._merged(current, desired, owned)
+        meta = current["metadata"]
+        if (canonical_spec(current.get("spec", {})) == canonical_spec(updated["spec"])
+                and (meta.get("labels") or {}) == updated["metadata"]["labels"]
+                and (meta.get("ownerReferences") or []) == updated["metadata"].get("ownerReferences", [])):
+            return True
+        return self._replace(updated)
+
+    def _get(self) -> dict | None:
+        try:
+            return self._custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+        except ApiException as exc:
+            if is_missing_object(exc):
+                return None
+            _raise_if_type_missing(exc)
+            raise
+
+    def _create(self, body: dict) -> bool:
+        """False when a route of that name appeared meanwhile (retry)."""
+        try:
+            self._custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body,
+                                                         field_manager=FIELD_MANAGER)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            _raise_if_type_missing(exc)
+            raise
+        log.info("created HTTPRoute %s", self._ref)
+        return True
+
+    def _replace(self, body: dict) -> bool:
+        """False on a stale resourceVersion or a route deleted meanwhile (retry)."""
+        try:
+            self._custom.replace_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, body,
+                                                          field_manager=FIELD_MANAGER)
+        except ApiException as exc:
+            if exc.status == 409 or is_missing_object(exc):
+                return False
+            _raise_if_type_missing(exc)
+            raise
+        log.info("updated HTTPRoute %s", self._ref)
+        return True
+
+    def _delete(self, uid: str) -> bool:
+        """False when the route was replaced by another object of that name meanwhile (retry)."""
+        # The uid precondition keeps a delete from hitting a route recreated by someone else.
+        options = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=uid))
+        try:
+            self._custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name,
+                                                         body=options)
+        except ApiException as exc:
+            if is_missing_object(exc):
+                return True
+            if exc.status == 409:
+                return False
+            _raise_if_type_missing(exc)
+            raise
+        log.info("deleted HTTPRoute %s", self._ref)
+        return True
+

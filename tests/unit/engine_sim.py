@@ -1,0 +1,90 @@
+"""A tiny in-memory world for driving the engine tick by tick: it applies actions like the
+handlers do, minus Kubernetes, so tests read as rollout stories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+
+from canarist.api.spec import CanaryReleaseSpec
+from canarist.api.status import CanaryReleaseStatus, Check, CheckResult
+from canarist.engine import (Decision, EnsurePrimary, Requests, ScaleCanary, SetRoute, World, analysis_due,
+                             decide)
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def make_spec(**analysis) -> CanaryReleaseSpec:
+    body = {
+        "targetRef": {"name": "web"},
+        "service": {"port": 8080},
+        "routing": {"gatewayAPI": {"parentRefs": [{"name": "gw"}]}},
+        "analysis": {"interval": "10s", "metrics": [
+            {"name": "error-rate", "prometheus": {"query": "q"}, "max": 0.01}], **analysis},
+    }
+    return CanaryReleaseSpec.model_validate(body)
+
+
+def check(result: CheckResult, value: float | None = None, name: str = "error-rate") -> Check:
+    return Check(name=name, result=result, value=value, max=0.01, at=T0)
+
+
+PASS = (check(CheckResult.PASSED, 0.0),)
+FAIL = (check(CheckResult.FAILED, 0.5),)
+NODATA = (check(CheckResult.NO_DATA),)
+ERROR = (check(CheckResult.ERROR),)
+
+
+@dataclass
+class Sim:
+    spec: CanaryReleaseSpec = field(default_factory=make_spec)
+    status: CanaryReleaseStatus = field(default_factory=CanaryReleaseStatus)
+    now: datetime = T0
+    target: str | None = "rev1"
+    primary: str | None = None
+    canary_up: bool = False
+    route: tuple[int, int] | None = None
+    requests: Requests = field(default_factory=Requests)
+    problems: tuple[str, ...] = ()
+    history: list[Decision] = field(default_factory=list)
+
+    def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10) -> Decision:
+        """One handler tick `advance` seconds after the last; `checks` are used only if analysis is due."""
+        self.now += timedelta(seconds=advance)
+        due = analysis_due(self.status, self.now)
+        world = World(
+            target_revision=self.target, primary_revision=self.primary, primary_ready=self.primary is not None,
+            canary_ready=self.canary_up, problems=self.problems, requests=self.requests,
+            checks=(checks if checks is not None else ()) if due else None,
+        )
+        decision = decide(self.spec, self.status, world, self.now, generation=1)
+        for action in decision.actions:
+            if isinstance(action, EnsurePrimary):
+                self.primary = action.revision
+            elif isinstance(action, SetRoute):
+                self.route = (action.primary, action.canary)
+            elif isinstance(action, ScaleCanary):
+                self.canary_up = action.up
+        self.status = decision.status
+        self.history.append(decision)
+        return decision
+
+    def request(self, **kwargs) -> None:
+        self.requests = replace(self.requests, **kwargs)
+
+    def events(self) -> list[str]:
+        return [e.reason for d in self.history for e in d.events]
+
+    def weights(self) -> list[int]:
+        """Canary weights in the order they were routed, repeats collapsed."""
+        seen: list[int] = []
+        for d in self.history:
+            for a in d.actions:
+                if isinstance(a, SetRoute) and (not seen or seen[-1] != a.canary):
+                    seen.append(a.canary)
+        return seen
+
+    def initialized(self) -> "Sim":
+        self.tick()  # creates the primary
+        self.tick()  # primary Ready -> Idle
+        return self

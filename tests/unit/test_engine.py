@@ -259,6 +259,18 @@ def test_retry_releases_the_rolled_back_revision_again_once():
     assert sim.status.phase == Phase.ROLLED_BACK
 
 
+def test_retry_requested_while_paused_acts_on_resume():
+    sim = Sim(spec=make_spec(failureLimit=0)).initialized()
+    walk_to(sim, 1)
+    sim.tick(FAIL)
+    sim.request(retry="t1", paused=True)
+    sim.tick()
+    assert sim.status.phase == Phase.ROLLED_BACK and "waits" in sim.status.message
+    sim.request(paused=False)
+    sim.tick()
+    assert sim.status.phase == Phase.PROGRESSING
+
+
 def test_abort_rolls_back_now():
     sim = Sim().initialized()
     walk_to(sim, 20)

@@ -92,7 +92,9 @@ class LocalCluster:
         try:
             self._kwokctl("--config", str(config), "create", "cluster", "--kubeconfig", str(self.kubeconfig),
                           "--wait", "3m", "--timeout", "5m", timeout=400)
-            self._kwokctl("scale", "node", "--replicas", str(self.nodes))
+            # Right after start the apiserver may still refuse writes for a moment on a loaded machine.
+            wait_until(lambda: self._kwokctl("scale", "node", "--replicas", str(self.nodes)), 60,
+                       f"{self.nodes} simulated nodes", interval=2)
             wait_until(self._nodes_ready, 120, f"{self.nodes} Ready nodes")
         except BaseException:
             self.stop()

@@ -71,12 +71,15 @@ class _Tick:
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         self.d.events.append(Event(reason, message, "Warning" if warning else "Normal"))
 
+    def _pending(self, action: str) -> bool:
+        token = getattr(self.world.requests, action)
+        return token is not None and self.s.handled_requests.get(action) != token
+
     def _take(self, action: str) -> bool:
         """True once per new request token for `action`; marks it handled."""
-        token = getattr(self.world.requests, action)
-        if token is None or self.s.handled_requests.get(action) == token:
+        if not self._pending(action):
             return False
-        self.s.handled_requests[action] = token
+        self.s.handled_requests[action] = getattr(self.world.requests, action)
         return True
 
     def _ignore_requests(self, *actions: str) -> None:
@@ -118,11 +121,12 @@ class _Tick:
     def _steady(self) -> None:
         s, w = self.s, self.world
         target = w.target_revision
-        retry = self._take("retry")
-        if retry and not (s.phase == Phase.ROLLED_BACK and target == s.rolled_back_revision):
-            self._event("RequestIgnored", "retry request ignored: there is no rolled-back revision to retry")
-            retry = False
         self._ignore_requests("abort", "promote")
+        # A retry is consumed only when it acts, so one asked for while paused still acts on resume.
+        retry = self._pending("retry")
+        if retry and not (s.phase == Phase.ROLLED_BACK and target == s.rolled_back_revision):
+            self._ignore_requests("retry")
+            retry = False
 
         if target == s.revisions.primary:
             if s.phase == Phase.ROLLED_BACK:
@@ -137,6 +141,7 @@ class _Tick:
             s.message = f"revision {_short(target)} cannot start: " + "; ".join(self.spec_issues)
         else:
             if retry:
+                self._take("retry")
                 self._event("Retry", f"retrying revision {_short(target)} by request")
             self._start_rollout(target)
             return

@@ -1,0 +1,429 @@
+"""A tiny HTTP application standing in for one version (stable or canary) of a user's service.
+
+No kubelet runs containers in the local stack (DESIGN.md §5), so tests run each version as a
+local process on 127.0.0.1 and let the real Prometheus scrape its `/metrics`. Failures and
+latency are injected, and can be changed while it runs (`POST /admin/config`) so a test can
+make a canary go bad in the middle of a rollout.
+
+    python -m canarist.devstack.demoapp --name web --variant canary --deployment web \
+        --revision abc --port 0 --port-file /tmp/port --error-rate 0.1 --latency-ms 5 --seed 1
+
+Endpoints: `GET|POST /answer?q=...`, `GET /metrics`, `GET /healthz`, `GET|POST /admin/config`.
+Only `/answer` is application traffic: scrapes, health checks and admin calls are not counted,
+so they cannot dilute an error rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .procs import pid_alive, start_process, stop_process_group, wait_until
+
+# Prometheus client libraries' default buckets: fine enough for both 5ms and 2s answers.
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+VARIANTS = ("primary", "canary")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
+
+
+class Behaviour:
+    """Injected error rate and latency, changeable at run time; the random draws are seeded."""
+
+    def __init__(self, error_rate: float, latency_ms: float, seed: int | None) -> None:
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self.error_rate = 0.0
+        self.latency_ms = 0.0
+        self.update(error_rate, latency_ms)
+
+    def update(self, error_rate: float | None = None, latency_ms: float | None = None) -> dict[str, float]:
+        if error_rate is not None and not 0.0 <= float(error_rate) <= 1.0:
+            raise ValueError(f"errorRate must be within [0, 1], got {error_rate!r}")
+        if latency_ms is not None and not 0.0 <= float(latency_ms) <= 60_000:
+            raise ValueError(f"latencyMs must be within [0, 60000], got {latency_ms!r}")
+        with self._lock:
+            if error_rate is not None:
+                self.error_rate = float(error_rate)
+            if latency_ms is not None:
+                self.latency_ms = float(latency_ms)
+            return self.snapshot()
+
+    def snapshot(self) -> dict[str, float]:
+        return {"errorRate": self.error_rate, "latencyMs": self.latency_ms}
+
+    def draw(self) -> tuple[bool, float]:
+        """(fail?, seconds to wait) for one request.
+
+        One draw per request, even at rate 0 or 1, so that the sequence of outcomes for a given
+        seed does not depend on when the rate was changed.
+        """
+        with self._lock:
+            roll = self._random.random()
+            return roll < self.error_rate, self.latency_ms / 1000.0
+
+
+class Metrics:
+    """`http_requests_total` and `http_request_duration_seconds` in the Prometheus text format."""
+
+    def __init__(self, deployment: str, variant: str, revision: str) -> None:
+        self._lock = threading.Lock()
+        self._base = {"deployment": deployment, "variant": variant}
+        self._revision = revision
+        # Series exist at 0 from the start: otherwise `sum(rate(...{code=~"5.."}))` of a version
+        # that has never failed is an empty result rather than 0.
+        self._requests: dict[str, int] = {"200": 0, "500": 0}
+        self._buckets = [0] * len(BUCKETS)
+        self._count = 0
+        self._sum = 0.0
+
+    def observe(self, code: int, seconds: float) -> None:
+        with self._lock:
+            self._requests[str(code)] = self._requests.get(str(code), 0) + 1
+            self._count += 1
+            self._sum += seconds
+            for i, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    self._buckets[i] += 1
+
+    def render(self) -> str:
+        with self._lock:
+            lines = [
+                "# HELP demoapp_info Which version of the application this process is.",
+                "# TYPE demoapp_info gauge",
+                f"demoapp_info{_labels({**self._base, 'revision': self._revision})} 1",
+                "# HELP http_requests_total Application requests answered, by status code.",
+                "# TYPE http_requests_total counter",
+            ]
+            for code, n in sorted(self._requests.items()):
+                lines.append(f"http_requests_total{_labels({**self._base, 'code': code})} {n}")
+            lines += [
+                "# HELP http_request_duration_seconds Time to answer an application request.",
+                "# TYPE http_request_duration_seconds histogram",
+            ]
+            for bound, n in zip(BUCKETS, self._buckets):
+                lines.append(f"http_request_duration_seconds_bucket{_labels({**self._base, 'le': repr(bound)})} {n}")
+            lines.append(f"http_request_duration_seconds_bucket{_labels({**self._base, 'le': '+Inf'})} {self._count}")
+            lines.append(f"http_request_duration_seconds_sum{_labels(self._base)} {self._sum!r}")
+            lines.append(f"http_request_duration_seconds_count{_labels(self._base)} {self._count}")
+            return "\n".join(lines) + "\n"
+
+
+class DemoServer(ThreadingHTTPServer):
+    daemon_threads = True  # a slow in-flight request must not block shutdown
+
+    def __init__(self, port: int, *, name: str, variant: str, revision: str, deployment: str,
+                 behaviour: Behaviour) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.name, self.variant, self.revision, self.deployment = name, variant, revision, deployment
+        self.behaviour = behaviour
+        self.metrics = Metrics(deployment, variant, revision)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: DemoServer
+    protocol_version = "HTTP/1.1"  # keep-alive, so a traffic driver need not reconnect every time
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._route("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        body = self._read_body()
+        if url.path == "/answer":
+            self._answer(url.query, body)
+        elif url.path == "/metrics" and method == "GET":
+            self._send(200, self.server.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        elif url.path == "/healthz" and method == "GET":
+            self._send(200, b"ok\n", "text/plain")
+        elif url.path == "/admin/config":
+            self._admin(method, body)
+        else:
+            self._json(404, {"error": f"no route for {method} {url.path}"})
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _answer(self, query: str, body: bytes) -> None:
+        started = time.perf_counter()
+        question = urllib.parse.parse_qs(query).get("q", [""])[0]
+        if not question and body:
+            try:
+                question = str(json.loads(body).get("q", ""))
+            except (ValueError, AttributeError):
+                question = ""
+        fail, delay = self.server.behaviour.draw()
+        if delay:
+            time.sleep(delay)
+        srv = self.server
+        if fail:
+            code, payload = 500, {"error": "injected failure", "variant": srv.variant, "revision": srv.revision}
+        else:
+            code, payload = 200, {
+                "answer": f"{srv.name} ({srv.variant}, {srv.revision}) answers: {question or 'nothing was asked'}",
+                "name": srv.name, "variant": srv.variant, "revision": srv.revision,
+            }
+        self._json(code, payload)
+        srv.metrics.observe(code, time.perf_counter() - started)
+
+    def _admin(self, method: str, body: bytes) -> None:
+        behaviour = self.server.behaviour
+        if method == "GET":
+            self._json(200, behaviour.snapshot())
+            return
+        try:
+            change = json.loads(body or b"{}")
+            if not isinstance(change, dict) or set(change) - {"errorRate", "latencyMs"}:
+                raise ValueError('expected a JSON object with only "errorRate" and/or "latencyMs"')
+            self._json(200, behaviour.update(change.get("errorRate"), change.get("latencyMs")))
+        except (ValueError, TypeError) as exc:
+            self._json(400, {"error": str(exc)})
+
+    def _json(self, code: int, payload: dict) -> None:
+        self._send(code, json.dumps(payload).encode() + b"\n", "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass  # one line per request would drown the log the tests keep
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Exit when `parent_pid` is gone, even if it died by SIGKILL and never stopped us."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)  # atomic, so the parent never reads half a number
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m canarist.devstack.demoapp", description=__doc__.split("\n")[0])
+    parser.add_argument("--name", default="web")
+    parser.add_argument("--variant", choices=VARIANTS, default="primary")
+    parser.add_argument("--revision", default="v1")
+    parser.add_argument("--deployment", help="`deployment` label; default <name>-primary or <name>, by variant")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port-file", type=Path, help="where to write the port bound")
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, help="makes the sequence of injected failures reproducible")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process (our parent) is gone")
+    args = parser.parse_args(argv)
+
+    if args.parent_pid and os.getppid() != args.parent_pid:
+        parser.error(f"--parent-pid {args.parent_pid} is not our parent ({os.getppid()})")
+    deployment = args.deployment or (f"{args.name}-primary" if args.variant == "primary" else args.name)
+    try:
+        behaviour = Behaviour(args.error_rate, args.latency_ms, args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    server = DemoServer(args.port, name=args.name, variant=args.variant, revision=args.revision,
+                        deployment=deployment, behaviour=behaviour)
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
+
+    def _terminate(*_) -> None:
+        # shutdown() blocks until serve_forever returns, so it must not run on the serving thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    port = server.server_address[1]
+    if args.port_file:
+        _write_port_file(args.port_file, port)
+    print(f"demoapp {args.name} {args.variant} {args.revision} deployment={deployment} on 127.0.0.1:{port}",
+          flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running it from tests
+
+# Direct connections only: an http_proxy in the environment must not capture loopback calls.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Stopped at interpreter exit should a test forget; `--parent-pid` covers the parent being killed.
+_RUNNING: set["DemoApp"] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for app in list(_RUNNING):
+        app.stop()
+
+
+@dataclass(eq=False)
+class DemoApp:
+    """A demoapp process started by `DemoApp.start`; `stop()` (or `with`) ends its process group."""
+
+    name: str
+    variant: str
+    revision: str
+    deployment: str
+    port: int
+    workdir: Path
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _owns_workdir: bool = field(default=True, repr=False)
+
+    @classmethod
+    def start(cls, name: str = "web", variant: str = "primary", revision: str = "v1", *,
+              deployment: str | None = None, error_rate: float = 0.0, latency_ms: float = 0.0,
+              seed: int | None = None, workdir: Path | None = None, timeout: float = 30.0) -> "DemoApp":
+        """Start one on a free port of 127.0.0.1 and return once it answers `/healthz`.
+
+        `workdir` (created, and removed on stop) holds the port file and the log; pass one inside
+        a stack's directory so the stack's leftover check also sees this process.
+        """
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        deployment = deployment or (f"{name}-primary" if variant == "primary" else name)
+        if workdir is None:
+            workdir, owns = Path(tempfile.mkdtemp(prefix=f"canarist-demoapp-{deployment}-")), True
+        else:
+            workdir, owns = Path(workdir), not Path(workdir).exists()
+            workdir.mkdir(parents=True, exist_ok=True)
+        port_file = workdir / "port"
+        port_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", "canarist.devstack.demoapp",
+            "--name", name, "--variant", variant, "--revision", revision, "--deployment", deployment,
+            "--port", "0", "--port-file", str(port_file),
+            "--error-rate", repr(float(error_rate)), "--latency-ms", repr(float(latency_ms)),
+            "--parent-pid", str(os.getpid()),
+        ]
+        if seed is not None:
+            argv += ["--seed", str(seed)]
+        app = cls(name, variant, revision, deployment, 0, workdir, start_process(argv, workdir / "demoapp.log"), owns)
+        _RUNNING.add(app)
+        try:
+            app.port = app._wait_for_port(port_file, timeout)
+            wait_until(app.healthy, timeout, f"demoapp {deployment} to answer /healthz")
+        except BaseException as exc:
+            exc.add_note(f"demoapp log: {app.log_tail()}")
+            app.stop()
+            raise
+        return app
+
+    def _wait_for_port(self, port_file: Path, timeout: float) -> int:
+        def port_or_exit() -> int | bool:
+            if self._proc is None or self._proc.poll() is not None:
+                return True  # exited: stop waiting, reported below
+            return int(port_file.read_text()) if port_file.exists() else 0
+
+        found = wait_until(port_or_exit, timeout, f"demoapp {self.deployment} to write {port_file}", interval=0.05)
+        if found is True:
+            raise RuntimeError(f"demoapp {self.deployment} exited with {self._proc.returncode}")
+        return int(found)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return (self.workdir / "demoapp.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port, as a Prometheus scrape target."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and pid_alive(self._proc.pid)
+
+    def healthy(self) -> bool:
+        return self._call("GET", "/healthz")[0] == 200
+
+    def configure(self, error_rate: float | None = None, latency_ms: float | None = None) -> dict[str, float]:
+        """Change the injected error rate and/or latency now; returns the configuration in effect."""
+        change = {k: v for k, v in (("errorRate", error_rate), ("latencyMs", latency_ms)) if v is not None}
+        code, body = self._call("POST", "/admin/config", json.dumps(change).encode())
+        if code != 200:
+            raise ValueError(f"demoapp {self.deployment} refused {change}: {body.decode(errors='replace')}")
+        return json.loads(body)
+
+    def ask(self, question: str = "ping") -> tuple[int, dict]:
+        """One application request: (status code, JSON body)."""
+        code, body = self._call("GET", "/answer?" + urllib.parse.urlencode({"q": question}))
+        return code, json.loads(body)
+
+    def metrics_text(self) -> str:
+        code, body = self._call("GET", "/metrics")
+        if code != 200:
+            raise RuntimeError(f"demoapp {self.deployment} /metrics answered {code}")
+        return body.decode()
+
+    def _call(self, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with _OPENER.open(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def stop(self) -> None:
+        """Stop the process group (SIGTERM, then SIGKILL) and remove the work directory. Idempotent."""
+        if self._proc is not None:
+            stop_process_group(self._proc.pid, grace=5.0)
+            self._proc.poll()  # let Popen see the exit, so it does not warn about a live child
+            self._proc = None
+        _RUNNING.discard(self)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "DemoApp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""kopf handlers: `kopf run -m canarist.handlers` (or `python -m canarist.handlers`)."""
+
+from . import canaryrelease  # noqa: F401 - registers the handlers

@@ -1,0 +1,182 @@
+"""One reconcile tick of a CanaryRelease: read the world, run due gates, decide, write status, act.
+
+Kept free of kopf so the same code runs under the operator and in tests. The status is written
+before acting (write-ahead): if the operator dies after the write, the next tick re-sends the same
+idempotent actions; if it dies before, the next tick decides again from the old status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import kubernetes
+from kubernetes.client import ApiException
+from pydantic import ValidationError
+
+from canarist.analysis.gates import run_gates
+from canarist.analysis.prometheus import PrometheusClientCache
+from canarist.api.crd import GROUP, PLURAL, VERSION
+from canarist.api.spec import CanaryReleaseSpec
+from canarist.api.status import CanaryReleaseStatus
+from canarist.engine import (EnsurePrimary, EnsureServices, Requests, ScaleCanary, SetRoute, World, analysis_due,
+                             decide)
+from canarist.engine.conditions import set_condition
+from canarist.kube.events import post_event
+from canarist.kube.status import StaleRead, replace_status
+from canarist.kube.workloads import (WorkloadProblem, Workloads, canary_service_name, is_ready, primary_name,
+                                     template_hash)
+from canarist.routing.base import RoutingError, RoutingUnavailable
+from canarist.routing.gatewayapi import GatewayAPIRouter
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "canarist.dev/"
+
+
+@dataclass
+class OperatorContext:
+    api: kubernetes.client.ApiClient
+    default_prometheus: str = field(default_factory=lambda: os.environ.get(
+        "CANARIST_PROMETHEUS_URL", "http://prometheus-operated.monitoring:9090"))
+    prometheus: PrometheusClientCache = field(default_factory=PrometheusClientCache)
+
+
+def owner_reference(body: dict) -> dict:
+    return {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": body["metadata"]["name"],
+            "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def read_requests(body: dict) -> Requests:
+    annotations = body["metadata"].get("annotations") or {}
+
+    def token(action: str) -> str | None:
+        value = annotations.get(ANNOTATION_PREFIX + action)
+        return value or None
+
+    return Requests(abort=token("abort"), promote=token("promote"), retry=token("retry"),
+                    paused=annotations.get(ANNOTATION_PREFIX + "paused", "").lower() in ("true", "1", "yes"))
+
+
+def router_for(ctx: OperatorContext, body: dict, spec: CanaryReleaseSpec) -> GatewayAPIRouter:
+    gw = spec.routing.gateway_api
+    target = spec.target_ref.name
+    return GatewayAPIRouter(
+        ctx.api, body["metadata"]["namespace"], target, owner_reference(body),
+        parent_refs=[p.to_k8s() for p in gw.parent_refs], hostnames=gw.hostnames, matches=gw.matches,
+        port=spec.service.port, primary_service=primary_name(target), canary_service=canary_service_name(target))
+
+
+def validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        path = "spec"
+        for loc in item["loc"]:
+            path += f"[{loc}]" if isinstance(loc, int) else f".{loc}"
+        parts.append(f"{path}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def read_release(ctx: OperatorContext, namespace: str, name: str) -> dict | None:
+    try:
+        return kubernetes.client.CustomObjectsApi(ctx.api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> None:
+    body = read_release(ctx, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    status = CanaryReleaseStatus.model_validate(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    try:
+        spec = CanaryReleaseSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        _write_invalid(ctx, body, status, validation_message(exc), now, generation)
+        return
+
+    workloads = Workloads(ctx.api, namespace, spec.target_ref.name, owner_reference(body))
+    router = router_for(ctx, body, spec)
+    problems: list[str] = []
+    target = workloads.read_target()
+    if target is None:
+        problems.append(f"spec.targetRef.name: Deployment {spec.target_ref.name!r} not found in namespace "
+                        f"{namespace!r}; create it or fix the name")
+    else:
+        try:
+            workloads.selector(target)
+        except WorkloadProblem as exc:
+            problems.append(str(exc))
+    routing_available = True
+    try:
+        router.get_weights()
+    except RoutingUnavailable as exc:
+        problems.append(str(exc))
+        routing_available = False
+    except RoutingError as exc:
+        problems.append(str(exc))
+        routing_available = False
+    primary = workloads.read_primary()
+    target_revision = template_hash(target) if target else None
+
+    checks = None
+    if not problems and analysis_due(status, now) and target_revision == status.revisions.canary:
+        checks = run_gates(status.pinned_analysis, namespace, spec.target_ref.name, ctx.prometheus,
+                           ctx.default_prometheus, now)
+
+    world = World(
+        target_revision=target_revision,
+        primary_revision=Workloads.revision_of(primary),
+        primary_ready=is_ready(primary),
+        canary_ready=bool(target) and workloads.canary_ready(target, status.revisions.canary),
+        problems=tuple(problems),
+        routing_available=routing_available,
+        requests=read_requests(body),
+        checks=checks,
+    )
+    decision = decide(spec, status, world, now, generation)
+    if decision.status != status:
+        try:
+            replace_status(ctx.api, body, decision.status)
+        except StaleRead:
+            log.info("%s/%s changed during the tick; deciding again next tick", namespace, name)
+            return
+    for action in decision.actions:
+        _apply(action, ctx, workloads, router, spec, target, primary)
+        if isinstance(action, EnsurePrimary):
+            primary = workloads.read_primary()
+    for event in decision.events:
+        post_event(ctx.api, body, event, now)
+
+
+def _apply(action, ctx: OperatorContext, workloads: Workloads, router: GatewayAPIRouter,
+           spec: CanaryReleaseSpec, target: dict | None, primary: dict | None) -> None:
+    if isinstance(action, SetRoute):
+        router.ensure(action.primary, action.canary)
+    elif target is None:
+        return
+    elif isinstance(action, EnsureServices):
+        workloads.ensure_services(target, spec.service.port, spec.service.target_port)
+    elif isinstance(action, EnsurePrimary):
+        workloads.ensure_primary(target, action.revision)
+    elif isinstance(action, ScaleCanary):
+        workloads.scale_canary(target, primary, action.up)
+
+
+def _write_invalid(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, message: str, now: datetime,
+                   generation: int | None) -> None:
+    updated = status.model_copy(deep=True)
+    updated.message = f"invalid spec: {message}"
+    updated.observed_generation = generation
+    updated.conditions = set_condition(updated.conditions, "Ready", False, "InvalidSpec", message, now, generation)
+    if updated != status:
+        try:
+            replace_status(ctx.api, body, updated)
+        except StaleRead:
+            pass

@@ -1,0 +1,1 @@
+"""Reading and writing the Kubernetes objects canarist manages: Deployments, Services, Events."""

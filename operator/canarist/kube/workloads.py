@@ -1,0 +1,190 @@
+"""The primary/canary workload model (DESIGN.md §3).
+
+The user's Deployment (the target) stays the source of truth and is the canary during a
+rollout. canarist creates `<target>-primary`, a copy of the target's pod template that serves
+stable traffic, and the Services `<target>-primary` and `<target>-canary`. Primary pods carry
+the target's selector labels with "-primary" appended to each value, so no selector matches
+both.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+REVISION_ANNOTATION = "canarist.dev/revision"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "canarist"}
+
+
+class WorkloadProblem(Exception):
+    """Something about the user's workload canarist cannot work with; the message names the fix."""
+
+
+def template_hash(deployment: dict) -> str:
+    """The revision of a Deployment: a hash of its pod template (what a rollout releases)."""
+    template = deployment["spec"]["template"]
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def primary_name(target: str) -> str:
+    return f"{target}-primary"
+
+
+def canary_service_name(target: str) -> str:
+    return f"{target}-canary"
+
+
+def primary_labels(selector: dict[str, str]) -> dict[str, str]:
+    return {key: f"{value}-primary" for key, value in selector.items()}
+
+
+def is_ready(deployment: dict | None) -> bool:
+    """All desired replicas updated, Ready and observed (0 desired replicas is not Ready)."""
+    if not deployment:
+        return False
+    spec, status = deployment.get("spec", {}), deployment.get("status") or {}
+    replicas = spec.get("replicas", 1)
+    return (replicas > 0
+            and status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+            and status.get("updatedReplicas", 0) == replicas
+            and status.get("readyReplicas", 0) == replicas
+            and status.get("replicas", 0) == replicas)
+
+
+@dataclass
+class Workloads:
+    api: kubernetes.client.ApiClient
+    namespace: str
+    target: str
+    owner: dict[str, Any]  # ownerReference of the CanaryRelease
+
+    @property
+    def _apps(self) -> kubernetes.client.AppsV1Api:
+        return kubernetes.client.AppsV1Api(self.api)
+
+    @property
+    def _core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.api)
+
+    def _read(self, name: str) -> dict | None:
+        try:
+            raw = self._apps.read_namespaced_deployment(name, self.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(raw.data)
+
+    def read_target(self) -> dict | None:
+        return self._read(self.target)
+
+    def read_primary(self) -> dict | None:
+        return self._read(primary_name(self.target))
+
+    def selector(self, target: dict) -> dict[str, str]:
+        selector = target["spec"].get("selector", {})
+        if selector.get("matchExpressions"):
+            raise WorkloadProblem(
+                f"spec.targetRef.name: Deployment {self.target!r} selects pods with matchExpressions; "
+                "canarist supports selector.matchLabels only")
+        return dict(selector.get("matchLabels") or {})
+
+    # -- primary -----------------------------------------------------------------------------
+
+    def ensure_primary(self, target: dict, revision: str) -> None:
+        """Make the primary run the target's pod template; nothing is written if it already does."""
+        if template_hash(target) != revision:
+            raise WorkloadProblem(f"the target changed while writing revision {revision}; retried next tick")
+        selector = self.selector(target)
+        labels = primary_labels(selector)
+        template = copy.deepcopy(target["spec"]["template"])
+        template.setdefault("metadata", {})
+        template["metadata"]["labels"] = {**template["metadata"].get("labels", {}), **labels}
+        existing = self.read_primary()
+        if existing is None:
+            body = {
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": primary_name(self.target), "namespace": self.namespace,
+                             "labels": dict(MANAGED_BY), "annotations": {REVISION_ANNOTATION: revision},
+                             "ownerReferences": [self.owner]},
+                "spec": {"replicas": max(1, target["spec"].get("replicas", 1)),
+                         "selector": {"matchLabels": labels}, "template": template},
+            }
+            for key in ("strategy", "minReadySeconds", "revisionHistoryLimit", "progressDeadlineSeconds"):
+                if key in target["spec"]:
+                    body["spec"][key] = target["spec"][key]
+            self._apps.create_namespaced_deployment(self.namespace, body)
+            return
+        if existing["metadata"].get("annotations", {}).get(REVISION_ANNOTATION) == revision:
+            return
+        existing["metadata"].setdefault("annotations", {})[REVISION_ANNOTATION] = revision
+        existing["spec"]["template"] = template
+        existing.pop("status", None)
+        self._apps.replace_namespaced_deployment(primary_name(self.target), self.namespace, existing)
+
+    @staticmethod
+    def revision_of(deployment: dict | None) -> str | None:
+        if not deployment:
+            return None
+        return deployment["metadata"].get("annotations", {}).get(REVISION_ANNOTATION)
+
+    # -- canary (the target itself) ----------------------------------------------------------
+
+    def scale_canary(self, target: dict, primary: dict | None, up: bool) -> None:
+        replicas = (primary["spec"].get("replicas", 1) if primary else max(1, target["spec"].get("replicas", 1))) if up else 0
+        if target["spec"].get("replicas") != replicas:
+            self._apps.patch_namespaced_deployment_scale(self.target, self.namespace, {"spec": {"replicas": replicas}})
+
+    def canary_ready(self, target: dict, revision: str | None) -> bool:
+        return revision is not None and template_hash(target) == revision and is_ready(target)
+
+    # -- services ----------------------------------------------------------------------------
+
+    def ensure_services(self, target: dict, port: int, target_port: int | None) -> None:
+        selector = self.selector(target)
+        for name, pods in ((primary_name(self.target), primary_labels(selector)),
+                           (canary_service_name(self.target), selector)):
+            self._ensure_service(name, pods, port, target_port or port)
+
+    def _ensure_service(self, name: str, selector: dict[str, str], port: int, target_port: int) -> None:
+        wanted_ports = [{"name": "http", "port": port, "targetPort": target_port, "protocol": "TCP"}]
+        try:
+            existing = self._core.read_namespaced_service(name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._core.create_namespaced_service(self.namespace, {
+                "metadata": {"name": name, "labels": dict(MANAGED_BY), "ownerReferences": [self.owner]},
+                "spec": {"selector": selector, "ports": wanted_ports},
+            })
+            return
+        owners = [o.uid for o in existing.metadata.owner_references or []]
+        if self.owner["uid"] not in owners:
+            raise WorkloadProblem(
+                f"Service {name!r} exists and is not managed by this CanaryRelease; canarist creates "
+                f"{name!r} itself: delete or rename that Service")
+        current_ports = [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol}
+                         for p in existing.spec.ports or []]
+        if existing.spec.selector != selector or current_ports != wanted_ports:
+            self._core.patch_namespaced_service(name, self.namespace,
+                                                {"spec": {"selector": selector, "ports": wanted_ports}})
+
+    def release_canary_service(self) -> None:
+        """Drop our ownerReference so the canary Service (selecting the target's pods) outlives us."""
+        name = canary_service_name(self.target)
+        try:
+            existing = self._core.read_namespaced_service(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        existing.metadata.owner_references = [
+            o for o in existing.metadata.owner_references or [] if o.uid != self.owner["uid"]] or None
+        self._core.replace_namespaced_service(name, self.namespace, existing)

@@ -1,0 +1,56 @@
+"""End-to-end fixtures: the CanaryRelease CRD, the operator process, stand-in apps and traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from canarist.devstack.demoapp import DemoApp
+from canarist.devstack.traffic import TrafficDriver
+
+from .harness import Cluster, OperatorProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def canarist_crd(stack):
+    stack.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                          str(ROOT / "crds" / "canarist.dev_canaryreleases.yaml"))
+    stack.cluster.kubectl("wait", "--for=condition=Established", "crd/canaryreleases.canarist.dev", "--timeout=30s")
+
+
+@pytest.fixture
+def cluster(kube_client, namespace, canarist_crd) -> Cluster:
+    return Cluster(kube_client, namespace)
+
+
+@pytest.fixture
+def operator(stack, namespace, canarist_crd, tmp_path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(stack.kubeconfig, namespace, stack.prometheus.url, tmp_path / "operator.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def apps(stack, namespace, tmp_path) -> Iterator[dict[str, DemoApp]]:
+    """Local processes standing in for web-primary (stable) and web (canary), scraped by Prometheus."""
+    primary = DemoApp.start("web", "primary", "v1", workdir=tmp_path / "primary")
+    canary = DemoApp.start("web", "canary", "v2", workdir=tmp_path / "canary")
+    for app in (primary, canary):
+        stack.prometheus.add_target(app.metrics_address, {"namespace": namespace})
+    yield {"primary": primary, "canary": canary}
+    for app in (primary, canary):
+        stack.prometheus.remove_target(app.metrics_address)
+        app.stop()
+
+
+@pytest.fixture
+def traffic(kube_client, namespace, apps) -> Iterator[TrafficDriver]:
+    driver = TrafficDriver(kube_client, namespace, "web",
+                           {"web-primary": apps["primary"].url, "web-canary": apps["canary"].url}, rps=40, poll_interval=0.2)
+    driver.start()
+    yield driver
+    driver.stop()

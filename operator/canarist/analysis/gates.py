@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from datetime import datetime
+
+import requests
 
 from canarist.api.durations import prometheus_duration
 from canarist.api.spec import Analysis
 from canarist.api.status import Check
 
+from .judge import check_judge
 from .prometheus import PrometheusClientCache, check_metric, check_samples
 from .templating import QueryVariables
 
 
-def run_gates(analysis: Analysis, namespace: str, target: str, clients: PrometheusClientCache,
-              default_prometheus: str, now: datetime) -> tuple[Check, ...]:
-    variables = QueryVariables(namespace=namespace, target=target, interval=prometheus_duration(analysis.interval))
+@dataclass
+class GateClients:
+    """Connections reused across ticks, and the operator-wide Prometheus default."""
+
+    default_prometheus: str = field(default_factory=lambda: os.environ.get(
+        "CANARIST_PROMETHEUS_URL", "http://prometheus-operated.monitoring:9090"))
+    prometheus: PrometheusClientCache = field(default_factory=PrometheusClientCache)
+    http: requests.Session = field(default_factory=requests.Session)
+
+
+@dataclass(frozen=True)
+class GateTarget:
+    namespace: str
+    release: str       # CanaryRelease name
+    target: str        # the Deployment's name
+    step_started_at: datetime
+
+
+def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: datetime) -> tuple[Check, ...]:
+    variables = QueryVariables(namespace=where.namespace, target=where.target,
+                               interval=prometheus_duration(analysis.interval))
     checks = []
     if analysis.min_samples is not None:
-        checks.append(check_samples(analysis.min_samples, variables, clients, default_prometheus, now))
-    checks += [check_metric(gate, variables, clients, default_prometheus, now) for gate in analysis.metrics]
+        checks.append(check_samples(analysis.min_samples, variables, clients.prometheus,
+                                    clients.default_prometheus, now))
+    checks += [check_metric(gate, variables, clients.prometheus, clients.default_prometheus, now)
+               for gate in analysis.metrics]
+    if analysis.judge is not None:
+        checks += check_judge(analysis.judge, clients.http, f"{where.namespace}/{where.release}",
+                              where.step_started_at, now)
     return tuple(checks)

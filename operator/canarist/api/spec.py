@@ -104,6 +104,32 @@ class SampleRule(ApiModel):
     address: str | None = Field(default=None, pattern=r"^https?://")
 
 
+class JudgeGate(ApiModel):
+    """Answer quality from the judge service (docs/judge-protocol.md), judged per step."""
+
+    url: str = Field(pattern=r"^https?://", description="Base URL of the judge service.")
+    min_score: float | None = Field(default=None, ge=0, le=1, description="Minimum canary mean score.")
+    max_regression: float | None = Field(default=None, ge=0, le=1, description=(
+        "How far the canary's mean score may trail the primary's."))
+    max_loss_rate: float | None = Field(default=None, ge=0, le=1, description=(
+        "Maximum share of pairwise comparisons the canary loses to the primary."))
+    min_samples: int = Field(default=20, ge=1, le=100000, description=(
+        "Judged canary samples each step needs before its judge checks count; fewer holds the step."))
+    timeout: Duration = Field(default="10s", description="Timeout of one verdict query.")
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        _cel("has(self.minScore) || has(self.maxRegression) || has(self.maxLossRate)",
+             "set minScore, maxRegression or maxLossRate: a judge gate without a threshold checks nothing"),
+    ]}}
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "JudgeGate":
+        if self.min_score is None and self.max_regression is None and self.max_loss_rate is None:
+            raise ValueError("set minScore, maxRegression or maxLossRate: a judge gate without a threshold "
+                             "checks nothing")
+        return self
+
+
 class Analysis(ApiModel):
     interval: Duration = Field(default="1m", description="Time between checks.")
     failure_limit: int = Field(default=1, ge=0, le=100, description=(
@@ -119,6 +145,7 @@ class Analysis(ApiModel):
         "Roll back when one step has not advanced for this long (no evidence either way). Unset: hold forever."))
     metrics: list[MetricGate] = Field(default_factory=list, max_length=32, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    judge: JudgeGate | None = None
 
     @field_validator("metrics")
     @classmethod

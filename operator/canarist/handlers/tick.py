@@ -8,7 +8,6 @@ idempotent actions; if it dies before, the next tick decides again from the old 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,8 +15,7 @@ import kubernetes
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from canarist.analysis.gates import run_gates
-from canarist.analysis.prometheus import PrometheusClientCache
+from canarist.analysis.gates import GateClients, GateTarget, run_gates
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus
@@ -39,9 +37,7 @@ ANNOTATION_PREFIX = "canarist.dev/"
 @dataclass
 class OperatorContext:
     api: kubernetes.client.ApiClient
-    default_prometheus: str = field(default_factory=lambda: os.environ.get(
-        "CANARIST_PROMETHEUS_URL", "http://prometheus-operated.monitoring:9090"))
-    prometheus: PrometheusClientCache = field(default_factory=PrometheusClientCache)
+    gates: GateClients = field(default_factory=GateClients)
 
 
 def owner_reference(body: dict) -> dict:
@@ -127,8 +123,8 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
 
     checks = None
     if not problems and analysis_due(status, now) and target_revision == status.revisions.canary:
-        checks = run_gates(status.pinned_analysis, namespace, spec.target_ref.name, ctx.prometheus,
-                           ctx.default_prometheus, now)
+        where = GateTarget(namespace, name, spec.target_ref.name, status.step_started_at or now)
+        checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
 
     world = World(
         target_revision=target_revision,

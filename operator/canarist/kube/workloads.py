@@ -45,6 +45,20 @@ def primary_labels(selector: dict[str, str]) -> dict[str, str]:
     return {key: f"{value}-primary" for key, value in selector.items()}
 
 
+def with_variant_env(template: dict, release: str, revision: str) -> dict:
+    """The primary's pod template with CANARIST_VARIANT/REVISION/RELEASE set in every container.
+
+    Only the primary gets them: the user's Deployment is never edited (a GitOps tool would undo it
+    and it would change the revision), so an app without CANARIST_VARIANT is the canary.
+    """
+    template = copy.deepcopy(template)
+    ours = {"CANARIST_VARIANT": "primary", "CANARIST_REVISION": revision, "CANARIST_RELEASE": release}
+    for container in template.get("spec", {}).get("containers", []):
+        env = [e for e in container.get("env", []) if e.get("name") not in ours]
+        container["env"] = env + [{"name": k, "value": v} for k, v in ours.items()]
+    return template
+
+
 def is_ready(deployment: dict | None) -> bool:
     """All desired replicas updated, Ready and observed (0 desired replicas is not Ready)."""
     if not deployment:
@@ -104,7 +118,7 @@ class Workloads:
             raise WorkloadProblem(f"the target changed while writing revision {revision}; retried next tick")
         selector = self.selector(target)
         labels = primary_labels(selector)
-        template = copy.deepcopy(target["spec"]["template"])
+        template = with_variant_env(target["spec"]["template"], f"{self.namespace}/{self.owner['name']}", revision)
         template.setdefault("metadata", {})
         template["metadata"]["labels"] = {**template["metadata"].get("labels", {}), **labels}
         existing = self.read_primary()

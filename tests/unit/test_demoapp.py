@@ -7,13 +7,15 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from canarist.devstack.demoapp import DemoApp
-from canarist.devstack.procs import pid_alive, stop_process_group, wait_until
+from canarist.devstack.procs import free_port, pid_alive, stop_process_group, wait_until
 
 _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$')
 
@@ -160,3 +162,184 @@ def test_process_exits_when_its_parent_is_killed(tmp_path):
         parent.stdout.close()
         if child and pid_alive(child):
             stop_process_group(child, grace=1)
+
+
+# -- a stand-in AI service: right, or plausibly wrong, answers --------------------------------------
+
+_ANSWER = re.compile(r"^(?P<a>-?\d+) (?P<op>[-+*/]) (?P<b>-?\d+) = (?P<result>-?\d+)\.$")
+
+
+def _truth(answer: str) -> tuple[int, int]:
+    """(the answer's number, the right one) for an answer like "17 + 25 = 42."."""
+    match = _ANSWER.match(answer)
+    assert match, f"not a plausible arithmetic answer: {answer!r}"
+    a, op, b = int(match["a"]), match["op"], int(match["b"])
+    right = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else None}[op]
+    return int(match["result"]), right
+
+
+def test_answers_arithmetic_correctly_and_politely_declines_the_rest(app):
+    code, body = app.ask("What is 17 + 25?")
+    assert code == 200 and body["answer"] == "17 + 25 = 42."
+    assert app.ask("what is 6 * 7")[1]["answer"] == "6 * 7 = 42."
+    assert app.ask("What is 96 / 8?")[1]["answer"] == "96 / 8 = 12."
+    assert app.ask("What is 5 - 9?")[1]["answer"] == "5 - 9 = -4."
+    code, body = app.ask("Write me a poem")
+    assert code == 200 and body["answer"].startswith("I can only do arithmetic.")
+
+
+def test_wrong_answers_are_plausible_200s_at_the_configured_rate_and_reproducible(tmp_path):
+    from canarist.devstack.traffic import arithmetic_questions
+
+    questions = arithmetic_questions(200, seed=3)
+
+    def answers(seed: int) -> list[tuple[int, str]]:
+        with DemoApp.start("web", "canary", wrong_rate=0.3, seed=seed, workdir=tmp_path / f"w{seed}") as app:
+            asked = [app.ask(q) for q in questions]
+            samples = parse_metrics(app.metrics_text())
+            base = {"deployment": "web", "variant": "canary"}
+            wrong = sum(got != right for got, right in (_truth(body["answer"]) for _, body in asked))
+            assert sample(samples, "demoapp_wrong_answers_total", **base) == wrong, "ground truth for tests"
+            assert sample(samples, "http_requests_total", **base, code="500") == 0, "invisible to error rates"
+            return [(code, body["answer"]) for code, body in asked]
+
+    first = answers(5)
+    assert {code for code, _ in first} == {200}
+    off = [got - right for got, right in (_truth(answer) for _, answer in first)]
+    wrong = sum(1 for d in off if d)
+    assert 0.15 * 200 < wrong < 0.45 * 200, wrong
+    assert {d for d in off if d} <= {-2, -1, 1, 2}, "off by a little: as plausible as a right answer"
+    assert answers(5) == first, "same seed, same answers"
+    assert answers(6) != first
+
+
+def test_wrong_rate_changes_at_run_time_and_leaves_errors_as_they_were(app):
+    assert app.configure(wrong_rate=0.8) == {"errorRate": 0.0, "latencyMs": 0.0, "wrongRate": 0.8}
+    results = [_truth(app.ask(f"What is {i} + 1?")[1]["answer"]) for i in range(50)]
+    assert sum(got != right for got, right in results) > 25
+    assert app.configure(wrong_rate=1.0, error_rate=1.0)["wrongRate"] == 1.0
+    assert app.ask("What is 1 + 1?") == (500, {"error": "injected failure", "variant": "canary",
+                                               "revision": "abc123"}), "errors stay errors"
+    assert app.configure(wrong_rate=0, error_rate=0) == {"errorRate": 0.0, "latencyMs": 0.0}, \
+        "wrongRate shown only when set"
+    assert all(got == right for got, right in (_truth(app.ask(f"What is {i} * 3?")[1]["answer"])
+                                               for i in range(20)))
+    code, body = app._call("POST", "/admin/config", json.dumps({"wrongRate": 1.5}).encode())
+    assert code == 400 and "wrongRate" in json.loads(body)["error"]
+
+
+# -- reporting every answer to a judge ------------------------------------------------------------
+
+class _FakeJudge(ThreadingHTTPServer):
+    """`POST /v1/samples` on 127.0.0.1 that records what is posted; `hang` holds every answer back."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _JudgeHandler)
+        self.samples: list[dict] = []
+        self.hang = threading.Event()
+        self.unhang = threading.Event()
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.hang.is_set():
+            self.server.unhang.wait(30)
+        if self.path == "/v1/samples":
+            self.server.samples.extend(body["samples"])
+        self.send_response(202 if self.path == "/v1/samples" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge():
+    server = _FakeJudge()
+    yield server
+    server.unhang.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("variant", ["canary", "primary"])
+def test_every_answer_is_reported_to_the_judge(tmp_path, judge, variant):
+    with DemoApp.start("web", variant, "rev9", wrong_rate=0.5, error_rate=0.2, seed=4, judge_url=judge.url,
+                       release="shop/web", workdir=tmp_path / "app") as app:
+        asked = {f"What is {i} + {i}?": app.ask(f"What is {i} + {i}?") for i in range(30)}
+        answered = {q: body["answer"] for q, (code, body) in asked.items() if code == 200}
+        assert 0 < len(answered) < 30, "some failed: failures are not answers, and are not reported"
+        wait_until(lambda: len(judge.samples) >= len(answered), 10, "the answers to reach the judge")
+    assert {s["request"]: s["response"] for s in judge.samples} == answered
+    assert len(judge.samples) == len(answered)
+    for s in judge.samples:
+        assert (s["release"], s["variant"], s["revision"]) == ("shop/web", variant, "rev9")
+        assert s["timestamp"].endswith("Z")
+
+
+def test_a_hanging_or_missing_judge_slows_no_answer(tmp_path, judge):
+    judge.hang.set()
+    with DemoApp.start("web", "canary", judge_url=judge.url, release="shop/web", workdir=tmp_path / "h") as app:
+        for i in range(40):
+            started = time.perf_counter()
+            assert app.ask(f"What is {i} + 2?") == (200, {"answer": f"{i} + 2 = {i + 2}.", "name": "web",
+                                                         "variant": "canary", "revision": "v1"})
+            assert time.perf_counter() - started < 0.5
+    with DemoApp.start("web", "canary", judge_url=f"http://127.0.0.1:{free_port()}", release="shop/web",
+                       workdir=tmp_path / "down") as app:
+        assert all(app.ask(f"What is {i} + 2?")[0] == 200 for i in range(20))
+
+
+def test_judge_url_needs_a_release(tmp_path):
+    with pytest.raises(ValueError, match="together"):
+        DemoApp.start("web", "canary", judge_url="http://127.0.0.1:9", workdir=tmp_path / "x")
+    with pytest.raises(RuntimeError, match="exited") as failed:
+        DemoApp.start("web", "canary", judge_url="http://127.0.0.1:9", release="no-slash", workdir=tmp_path / "y")
+    assert "namespace/name" in "".join(failed.value.__notes__)
+
+
+class _Route:
+    """Stands in for CustomObjectsApi: an HTTPRoute with fixed weights."""
+
+    def __init__(self, weights):
+        self.route = {"spec": {"rules": [{"backendRefs": [{"name": n, "weight": w} for n, w in weights.items()]}]}}
+
+    def get_namespaced_custom_object(self, *args, **kwargs):
+        return self.route
+
+
+def test_traffic_questions_reach_primary_and_canary_in_the_same_order(tmp_path, judge):
+    from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
+
+    questions = arithmetic_questions(10, seed=1)
+    assert questions == arithmetic_questions(10, seed=1) and len(set(questions)) == 10
+    assert questions != arithmetic_questions(10, seed=2)
+    with DemoApp.start("web", "primary", "p1", judge_url=judge.url, release="shop/web",
+                       workdir=tmp_path / "p") as primary, \
+         DemoApp.start("web", "canary", "c1", judge_url=judge.url, release="shop/web",
+                       workdir=tmp_path / "c") as canary:
+        driver = TrafficDriver(None, "ns", "web", {"web-primary": primary.url, "web-canary": canary.url},
+                               rps=200, poll_interval=0.05, questions=questions)
+        driver._custom = _Route({"web-primary": 75, "web-canary": 25})
+        with driver:
+            wait_until(lambda: driver.sent.get("web-canary", 0) >= 25, 10, "25 requests to the canary")
+        wait_until(lambda: len(judge.samples) == sum(driver.sent.values()), 10, "every answer to reach the judge")
+    assert driver.responses == {"web-primary": {"200": driver.sent["web-primary"]},
+                                "web-canary": {"200": driver.sent["web-canary"]}}
+    for variant, sent in (("primary", driver.sent["web-primary"]), ("canary", driver.sent["web-canary"])):
+        got = [s["request"] for s in judge.samples if s["variant"] == variant]
+        # Each backend goes through the same rotation from the first question. Requests are in
+        # flight concurrently, so their order of arrival may differ a little, their multiset not.
+        assert sorted(got) == sorted((questions * (sent // 10 + 1))[:sent]), variant
+    assert all(got == right for got, right in (_truth(s["response"]) for s in judge.samples))

@@ -68,6 +68,14 @@ def test_good_canary_passes_every_threshold(judge):
                                    "until": "2026-01-01T12:00:00Z"}
 
 
+def test_primary_baseline_covers_the_whole_rollout(judge):
+    spec = JudgeGate.model_validate({"url": judge["url"], "maxRegression": 0.05})
+    rollout_start = datetime(2026, 1, 1, 11, 0, tzinfo=timezone.utc)
+    check_judge(spec, requests.Session(), "prod/bot", SINCE, NOW, baseline_since=rollout_start)
+    since = {q["variant"]: q["since"] for q in judge["queries"]}
+    assert since == {"canary": "2026-01-01T11:55:00Z", "primary": "2026-01-01T11:00:00Z"}
+
+
 def test_worse_answers_fail_score_and_regression(judge):
     judge["canary"] = verdict(mean=0.4, losses=12, wins=0, ties=4)
     checks = run(judge, minScore=0.8, maxRegression=0.05, maxLossRate=0.2)

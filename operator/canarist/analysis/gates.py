@@ -33,6 +33,7 @@ class GateTarget:
     release: str       # CanaryRelease name
     target: str        # the Deployment's name
     step_started_at: datetime
+    rollout_started_at: datetime
 
 
 def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: datetime) -> tuple[Check, ...]:
@@ -46,5 +47,5 @@ def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: 
                for gate in analysis.metrics]
     if analysis.judge is not None:
         checks += check_judge(analysis.judge, clients.http, f"{where.namespace}/{where.release}",
-                              where.step_started_at, now)
+                              where.step_started_at, now, baseline_since=where.rollout_started_at)
     return tuple(checks)

@@ -63,13 +63,18 @@ def fetch_verdict(session: requests.Session, gate: JudgeGate, release: str, vari
 
 
 def check_judge(gate: JudgeGate, session: requests.Session, release: str, since: datetime,
-                now: datetime) -> list[Check]:
-    """One Check per threshold set. Too few judged samples is NoData, never a pass."""
+                now: datetime, baseline_since: datetime | None = None) -> list[Check]:
+    """One Check per threshold set. Too few judged samples is NoData, never a pass.
+
+    The canary is judged on this step's samples. The primary's baseline covers the whole rollout
+    (`baseline_since`): at the late steps the primary serves little or no traffic of its own.
+    """
     wanted = [name for name, value in (("judge-score", gate.min_score), ("judge-regression", gate.max_regression),
                                        ("judge-loss-rate", gate.max_loss_rate)) if value is not None]
     try:
         canary = fetch_verdict(session, gate, release, "canary", since, now)
-        primary = fetch_verdict(session, gate, release, "primary", since, now) if gate.max_regression is not None else None
+        primary = (fetch_verdict(session, gate, release, "primary", baseline_since or since, now)
+                   if gate.max_regression is not None else None)
     except VerdictError as exc:
         return [Check(name=name, kind="judge", result=CheckResult.ERROR, message=str(exc), at=now) for name in wanted]
 

@@ -77,6 +77,7 @@ class CanaryReleaseStatus(StatusModel):
     revisions: Revisions = Field(default_factory=Revisions)
     pinned_steps: list[int] | None = Field(default=None, description="Steps in force for the rollout in progress.")
     pinned_analysis: Analysis | None = Field(default=None, description="Analysis in force for the rollout in progress.")
+    rollout_started_at: datetime | None = None
     step_started_at: datetime | None = None
     last_check_at: datetime | None = None
     checks_passed: int = Field(default=0, description="Passed checks in the current step.")

@@ -1,12 +1,19 @@
-"""A tiny HTTP application standing in for one version (stable or canary) of a user's service.
+"""A tiny HTTP application standing in for one version (stable or canary) of a user's AI service.
 
 No kubelet runs containers in the local stack (DESIGN.md §5), so tests run each version as a
 local process on 127.0.0.1 and let the real Prometheus scrape its `/metrics`. Failures and
 latency are injected, and can be changed while it runs (`POST /admin/config`) so a test can
 make a canary go bad in the middle of a rollout.
 
+It answers arithmetic questions (`/answer?q=What is 17 + 25?` -> "17 + 25 = 42."). With
+`--wrong-rate` some answers are wrong but just as plausible ("17 + 25 = 41."), with status 200
+and unchanged latency: a quality regression that error-rate and latency metrics cannot see,
+only a judge of the answers can. With `--judge-url` and `--release` every answer is reported to
+canarist's judge through `canarist.judge.reporter.JudgeReporter`.
+
     python -m canarist.devstack.demoapp --name web --variant canary --deployment web \
-        --revision abc --port 0 --port-file /tmp/port --error-rate 0.1 --latency-ms 5 --seed 1
+        --revision abc --port 0 --port-file /tmp/port --error-rate 0.1 --latency-ms 5 --seed 1 \
+        --wrong-rate 0.3 --judge-url http://127.0.0.1:8080 --release default/web
 
 Endpoints: `GET|POST /answer?q=...`, `GET /metrics`, `GET /healthz`, `GET|POST /admin/config`.
 Only `/answer` is application traffic: scrapes, health checks and admin calls are not counted,
@@ -20,6 +27,7 @@ import atexit
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -31,9 +39,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ..judge.reporter import JudgeReporter
 from .procs import pid_alive, start_process, stop_process_group, wait_until
 
 # Prometheus client libraries' default buckets: fine enough for both 5ms and 2s answers.
@@ -49,30 +59,91 @@ def _labels(pairs: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
 
 
-class Behaviour:
-    """Injected error rate and latency, changeable at run time; the random draws are seeded."""
+# -- answering ------------------------------------------------------------------------------------
 
-    def __init__(self, error_rate: float, latency_ms: float, seed: int | None) -> None:
+_NUMBER = r"[-−]?\d+(?:\.\d+)?"
+_OPERATORS = {"+": "+", "plus": "+", "-": "-", "−": "-", "minus": "-", "*": "*", "×": "*", "x": "*",
+              "times": "*", "multiplied by": "*", "/": "/", "÷": "/", "divided by": "/"}
+_QUESTION = re.compile(
+    r"\s*(?:(?:what\s+is|what's|how\s+much\s+is|compute|calculate)\s+)?"
+    rf"(?P<a>{_NUMBER})\s*(?P<op>multiplied\s+by|divided\s+by|plus|minus|times|[-+*/x×÷−])\s*(?P<b>{_NUMBER})"
+    r"\s*[?.!=]?\s*", re.IGNORECASE)
+CANNOT = "I can only do arithmetic."
+
+
+def _number(text: str) -> Fraction:
+    return Fraction(text.replace("−", "-"))
+
+
+def _show(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.4f}".rstrip("0").rstrip(".")
+
+
+def answer_question(question: str, wrong_by: int = 0) -> tuple[str, bool | None]:
+    """(answer, whether it is correct: None when the question is no arithmetic).
+
+    `wrong_by` != 0 makes an arithmetic answer wrong by that much, in the same form as a right
+    one: nothing but the number tells them apart.
+    """
+    match = _QUESTION.fullmatch(question)
+    if not match:
+        asked = " ".join(question.split())
+        return (f'{CANNOT} You asked: "{asked}"' if asked
+                else f'{CANNOT} Ask me, say, "What is 17 + 25?"'), None
+    a, b = _number(match["a"]), _number(match["b"])
+    op = _OPERATORS[" ".join(match["op"].lower().split())]
+    expression = f"{_show(a)} {op} {_show(b)}"
+    if op == "/" and b == 0:
+        if wrong_by:
+            return f"{expression} = 0.", False
+        return f"{expression} has no answer: division by zero is undefined.", True
+    result = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else Fraction(0)}[op]
+    if wrong_by and result.denominator != 1:
+        # 3.5 turns into 3.6 or 3.3, not 4.5: off in the last digit shown.
+        decimals = len(_show(result).partition(".")[2])
+        return f"{expression} = {_show(result + Fraction(wrong_by, 10 ** decimals))}.", False
+    return f"{expression} = {_show(result + wrong_by)}.", not wrong_by
+
+
+class Behaviour:
+    """Injected error rate, latency and wrong-answer rate, changeable at run time; the random
+    draws are seeded."""
+
+    def __init__(self, error_rate: float, latency_ms: float, seed: int | None, wrong_rate: float = 0.0) -> None:
         self._lock = threading.Lock()
         self._random = random.Random(seed)
+        # Its own stream, so that a seed gives the same failures with or without wrong answers.
+        self._wrong_random = random.Random(None if seed is None else f"wrong-{seed}")
         self.error_rate = 0.0
         self.latency_ms = 0.0
-        self.update(error_rate, latency_ms)
+        self.wrong_rate = 0.0
+        self.update(error_rate, latency_ms, wrong_rate)
 
-    def update(self, error_rate: float | None = None, latency_ms: float | None = None) -> dict[str, float]:
+    def update(self, error_rate: float | None = None, latency_ms: float | None = None,
+               wrong_rate: float | None = None) -> dict[str, float]:
         if error_rate is not None and not 0.0 <= float(error_rate) <= 1.0:
             raise ValueError(f"errorRate must be within [0, 1], got {error_rate!r}")
         if latency_ms is not None and not 0.0 <= float(latency_ms) <= 60_000:
             raise ValueError(f"latencyMs must be within [0, 60000], got {latency_ms!r}")
+        if wrong_rate is not None and not 0.0 <= float(wrong_rate) <= 1.0:
+            raise ValueError(f"wrongRate must be within [0, 1], got {wrong_rate!r}")
         with self._lock:
             if error_rate is not None:
                 self.error_rate = float(error_rate)
             if latency_ms is not None:
                 self.latency_ms = float(latency_ms)
+            if wrong_rate is not None:
+                self.wrong_rate = float(wrong_rate)
             return self.snapshot()
 
     def snapshot(self) -> dict[str, float]:
-        return {"errorRate": self.error_rate, "latencyMs": self.latency_ms}
+        """The configuration; `wrongRate` only when not 0 (absent means 0), as before it existed."""
+        config = {"errorRate": self.error_rate, "latencyMs": self.latency_ms}
+        if self.wrong_rate:
+            config["wrongRate"] = self.wrong_rate
+        return config
 
     def draw(self) -> tuple[bool, float]:
         """(fail?, seconds to wait) for one request.
@@ -83,6 +154,12 @@ class Behaviour:
         with self._lock:
             roll = self._random.random()
             return roll < self.error_rate, self.latency_ms / 1000.0
+
+    def draw_wrong(self) -> int:
+        """How far off the next answer is: 0 (right), or ±1 or ±2. Two draws every request, like draw()."""
+        with self._lock:
+            roll, by = self._wrong_random.random(), self._wrong_random.choice((-2, -1, 1, 2))
+            return by if roll < self.wrong_rate else 0
 
 
 class Metrics:
@@ -98,6 +175,11 @@ class Metrics:
         self._buckets = [0] * len(BUCKETS)
         self._count = 0
         self._sum = 0.0
+        self._wrong = 0
+
+    def observe_wrong(self) -> None:
+        with self._lock:
+            self._wrong += 1
 
     def observe(self, code: int, seconds: float) -> None:
         with self._lock:
@@ -128,6 +210,12 @@ class Metrics:
             lines.append(f"http_request_duration_seconds_bucket{_labels({**self._base, 'le': '+Inf'})} {self._count}")
             lines.append(f"http_request_duration_seconds_sum{_labels(self._base)} {self._sum!r}")
             lines.append(f"http_request_duration_seconds_count{_labels(self._base)} {self._count}")
+            lines += [
+                "# HELP demoapp_wrong_answers_total Answers made wrong on purpose (ground truth for tests;"
+                " a real service cannot know this).",
+                "# TYPE demoapp_wrong_answers_total counter",
+                f"demoapp_wrong_answers_total{_labels(self._base)} {self._wrong}",
+            ]
             return "\n".join(lines) + "\n"
 
 
@@ -135,11 +223,12 @@ class DemoServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow in-flight request must not block shutdown
 
     def __init__(self, port: int, *, name: str, variant: str, revision: str, deployment: str,
-                 behaviour: Behaviour) -> None:
+                 behaviour: Behaviour, reporter: JudgeReporter | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.name, self.variant, self.revision, self.deployment = name, variant, revision, deployment
         self.behaviour = behaviour
         self.metrics = Metrics(deployment, variant, revision)
+        self.reporter = reporter
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -179,18 +268,23 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, AttributeError):
                 question = ""
         fail, delay = self.server.behaviour.draw()
+        wrong_by = self.server.behaviour.draw_wrong()
         if delay:
             time.sleep(delay)
         srv = self.server
+        answer, correct = None, None
         if fail:
             code, payload = 500, {"error": "injected failure", "variant": srv.variant, "revision": srv.revision}
         else:
-            code, payload = 200, {
-                "answer": f"{srv.name} ({srv.variant}, {srv.revision}) answers: {question or 'nothing was asked'}",
-                "name": srv.name, "variant": srv.variant, "revision": srv.revision,
-            }
+            answer, correct = answer_question(question, wrong_by)
+            code, payload = 200, {"answer": answer, "name": srv.name, "variant": srv.variant,
+                                  "revision": srv.revision}
         self._json(code, payload)
         srv.metrics.observe(code, time.perf_counter() - started)
+        if correct is False:
+            srv.metrics.observe_wrong()
+        if answer is not None and question.strip() and srv.reporter is not None:
+            srv.reporter.report(question, answer)  # queued only: the judge never slows an answer
 
     def _admin(self, method: str, body: bytes) -> None:
         behaviour = self.server.behaviour
@@ -199,9 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             change = json.loads(body or b"{}")
-            if not isinstance(change, dict) or set(change) - {"errorRate", "latencyMs"}:
-                raise ValueError('expected a JSON object with only "errorRate" and/or "latencyMs"')
-            self._json(200, behaviour.update(change.get("errorRate"), change.get("latencyMs")))
+            if not isinstance(change, dict) or set(change) - {"errorRate", "latencyMs", "wrongRate"}:
+                raise ValueError('expected a JSON object with only "errorRate", "latencyMs" and/or "wrongRate"')
+            self._json(200, behaviour.update(change.get("errorRate"), change.get("latencyMs"), change.get("wrongRate")))
         except (ValueError, TypeError) as exc:
             self._json(400, {"error": str(exc)})
 
@@ -242,7 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port-file", type=Path, help="where to write the port bound")
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--wrong-rate", type=float, default=0.0,
+                        help="share of answers that are plausible but wrong (still 200, same latency)")
     parser.add_argument("--seed", type=int, help="makes the sequence of injected failures reproducible")
+    parser.add_argument("--judge-url", help="report every answer to this canarist judge (needs --release)")
+    parser.add_argument("--release", help="the CanaryRelease the answers belong to, namespace/name")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (our parent) is gone")
     args = parser.parse_args(argv)
 
@@ -250,11 +348,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--parent-pid {args.parent_pid} is not our parent ({os.getppid()})")
     deployment = args.deployment or (f"{args.name}-primary" if args.variant == "primary" else args.name)
     try:
-        behaviour = Behaviour(args.error_rate, args.latency_ms, args.seed)
+        behaviour = Behaviour(args.error_rate, args.latency_ms, args.seed, args.wrong_rate)
     except ValueError as exc:
         parser.error(str(exc))
+    reporter = None
+    if args.judge_url or args.release:
+        if not (args.judge_url and args.release):
+            parser.error("--judge-url and --release go together")
+        try:
+            reporter = JudgeReporter(args.judge_url, release=args.release, variant=args.variant,
+                                     revision=args.revision)
+        except ValueError as exc:
+            parser.error(str(exc))
     server = DemoServer(args.port, name=args.name, variant=args.variant, revision=args.revision,
-                        deployment=deployment, behaviour=behaviour)
+                        deployment=deployment, behaviour=behaviour, reporter=reporter)
     if args.parent_pid:
         threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 
@@ -267,12 +374,15 @@ def main(argv: list[str] | None = None) -> None:
     port = server.server_address[1]
     if args.port_file:
         _write_port_file(args.port_file, port)
-    print(f"demoapp {args.name} {args.variant} {args.revision} deployment={deployment} on 127.0.0.1:{port}",
-          flush=True)
+    print(f"demoapp {args.name} {args.variant} {args.revision} deployment={deployment} on 127.0.0.1:{port}"
+          + (f", reporting to {reporter.url} as {args.release}" if reporter else ""), flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        if reporter is not None:
+            reporter.close(timeout=2.0)
+            print(f"judge reporter: {reporter.stats}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,14 +417,18 @@ class DemoApp:
     @classmethod
     def start(cls, name: str = "web", variant: str = "primary", revision: str = "v1", *,
               deployment: str | None = None, error_rate: float = 0.0, latency_ms: float = 0.0,
-              seed: int | None = None, workdir: Path | None = None, timeout: float = 30.0) -> "DemoApp":
+              seed: int | None = None, workdir: Path | None = None, timeout: float = 30.0,
+              wrong_rate: float = 0.0, judge_url: str | None = None, release: str | None = None) -> "DemoApp":
         """Start one on a free port of 127.0.0.1 and return once it answers `/healthz`.
 
         `workdir` (created, and removed on stop) holds the port file and the log; pass one inside
-        a stack's directory so the stack's leftover check also sees this process.
+        a stack's directory so the stack's leftover check also sees this process. With
+        `judge_url` and `release` (namespace/name) it reports every answer to that judge.
         """
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if (judge_url is None) != (release is None):
+            raise ValueError("judge_url and release go together")
         deployment = deployment or (f"{name}-primary" if variant == "primary" else name)
         if workdir is None:
             workdir, owns = Path(tempfile.mkdtemp(prefix=f"canarist-demoapp-{deployment}-")), True
@@ -332,6 +446,10 @@ class DemoApp:
         ]
         if seed is not None:
             argv += ["--seed", str(seed)]
+        if wrong_rate:
+            argv += ["--wrong-rate", repr(float(wrong_rate))]
+        if judge_url is not None or release is not None:
+            argv += ["--judge-url", str(judge_url or ""), "--release", str(release or "")]
         app = cls(name, variant, revision, deployment, 0, workdir, start_process(argv, workdir / "demoapp.log"), owns)
         _RUNNING.add(app)
         try:
@@ -380,9 +498,12 @@ class DemoApp:
     def healthy(self) -> bool:
         return self._call("GET", "/healthz")[0] == 200
 
-    def configure(self, error_rate: float | None = None, latency_ms: float | None = None) -> dict[str, float]:
-        """Change the injected error rate and/or latency now; returns the configuration in effect."""
-        change = {k: v for k, v in (("errorRate", error_rate), ("latencyMs", latency_ms)) if v is not None}
+    def configure(self, error_rate: float | None = None, latency_ms: float | None = None,
+                  wrong_rate: float | None = None) -> dict[str, float]:
+        """Change the injected error rate, latency and/or wrong-answer rate now; returns the
+        configuration in effect (`wrongRate` only when not 0)."""
+        change = {k: v for k, v in (("errorRate", error_rate), ("latencyMs", latency_ms),
+                                    ("wrongRate", wrong_rate)) if v is not None}
         code, body = self._call("POST", "/admin/config", json.dumps(change).encode())
         if code != 200:
             raise ValueError(f"demoapp {self.deployment} refused {change}: {body.decode(errors='replace')}")

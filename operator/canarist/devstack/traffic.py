@@ -6,19 +6,24 @@ steady request rate between the local processes standing in for the route's Serv
 
 The split is a smooth weighted round-robin rather than random, so it is exact: at weights 1/99
 every 100 requests send exactly 1 to the canary, and a test can assert counts, not odds.
+
+With `questions` (e.g. `arithmetic_questions()`) each backend asks them in the same fixed
+rotation, so primary and canary see the same inputs: the judge samples by a hash of the input,
+and judges both variants' answers to one input together.
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import random
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import kubernetes
@@ -88,6 +93,31 @@ def route_weights(route: Mapping) -> dict[str, int]:
     return weights
 
 
+def arithmetic_questions(n: int = 50, seed: int = 0) -> list[str]:
+    """`n` different questions like "What is 17 + 25?", the same for the same (n, seed).
+
+    Sums and differences of numbers below 100, products by 2 to 12 and divisions that come out
+    whole: each has one short, checkable answer (the demo application's kind of question).
+    """
+    if not 1 <= n <= 10_000:  # about 21,000 different ones exist: far more would never finish
+        raise ValueError(f"n must be within [1, 10000], got {n}")
+    rng = random.Random(seed)
+    questions: list[str] = []
+    seen: set[str] = set()
+    while len(questions) < n:
+        op = rng.choice("+-*/")
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        if op == "*":
+            b = rng.randint(2, 12)
+        elif op == "/":
+            a = rng.randint(2, 12) * b  # whole quotients only
+        question = f"What is {a} {op} {b}?"
+        if question not in seen:
+            seen.add(question)
+            questions.append(question)
+    return questions
+
+
 def _require_loopback(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or parts.hostname != "127.0.0.1" or parts.port is None:
@@ -102,14 +132,23 @@ class TrafficDriver:
     of the local process standing in for it. While the route is missing or its weights sum to 0
     nothing is sent. Requests picked for a Service with no stand-in are counted in `dropped`.
     The driver stops itself after `max_duration` seconds, so a forgotten one cannot run on.
+
+    `questions`, if given, are sent as `?q=` in rotation, each backend going through them in the
+    same order from the first (so at any weights every backend's inputs are the same ones, not
+    a share of them); without them request n asks "request n".
     """
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, route_name: str,
                  backends: Mapping[str, str], rps: float = 20, *, max_duration: float = 30 * 60,
                  poll_interval: float = 1.0, request_timeout: float = 5.0, max_in_flight: int = 32,
-                 path: str = "/answer") -> None:
+                 path: str = "/answer", questions: Sequence[str] | None = None) -> None:
         if rps <= 0:
             raise ValueError(f"rps must be positive, got {rps}")
+        if isinstance(questions, str):
+            raise TypeError("questions is a sequence of strings, not one string")
+        self.questions: tuple[str, ...] | None = None if questions is None else tuple(str(q) for q in questions)
+        if self.questions == ():
+            raise ValueError("questions must not be empty (pass None for the default 'request n')")
         self.namespace, self.route_name = namespace, route_name
         self.backends = {name: _require_loopback(url) for name, url in backends.items()}
         self.rps, self.max_duration, self.poll_interval = float(rps), float(max_duration), float(poll_interval)
@@ -120,6 +159,7 @@ class TrafficDriver:
         self._sent: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._responses: dict[str, Counter[str]] = {}
+        self._asked: Counter[str] = Counter()  # per backend: questions sent so far, for the rotation
         self._route_seen = False
         self._stop = threading.Event()
         self._in_flight = threading.Semaphore(max_in_flight)
@@ -251,7 +291,8 @@ class TrafficDriver:
                 count += 1
                 with self._lock:
                     self._sent[backend] += 1
-                pool.submit(self._send, backend, count)
+                    question = self._question(backend, count)
+                pool.submit(self._send, backend, question)
 
     def _acquire_slot(self) -> bool:
         # Blocks while max_in_flight requests are outstanding (slow backends), but not past stop().
@@ -260,8 +301,16 @@ class TrafficDriver:
                 return False
         return True
 
-    def _send(self, backend: str, count: int) -> None:
-        url = f"{self.backends[backend]}{self.path}?{urllib.parse.urlencode({'q': f'request {count}'})}"
+    def _question(self, backend: str, count: int) -> str:
+        """With the lock held: what request number `count`, going to `backend`, asks."""
+        if self.questions is None:
+            return f"request {count}"
+        question = self.questions[self._asked[backend] % len(self.questions)]
+        self._asked[backend] += 1
+        return question
+
+    def _send(self, backend: str, question: str) -> None:
+        url = f"{self.backends[backend]}{self.path}?{urllib.parse.urlencode({'q': question})}"
         try:
             with _OPENER.open(url, timeout=self.request_timeout) as response:
                 response.read()

@@ -212,6 +212,7 @@ class _Tick:
         s.pinned_analysis = self.spec.analysis.model_copy(deep=True)
         s.step_index, s.canary_weight = 0, 0
         s.step_started_at = s.last_check_at = None
+        s.rollout_started_at = self.now
         s.last_checks = []
         s.rolled_back_revision = None
         self._reset_counters()

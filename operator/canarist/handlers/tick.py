@@ -109,6 +109,7 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
             workloads.selector(target)
         except WorkloadProblem as exc:
             problems.append(str(exc))
+        problems += workloads.service_problems()
     routing_available = True
     try:
         router.get_weights()
@@ -123,7 +124,8 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
 
     checks = None
     if not problems and analysis_due(status, now) and target_revision == status.revisions.canary:
-        where = GateTarget(namespace, name, spec.target_ref.name, status.step_started_at or now)
+        where = GateTarget(namespace, name, spec.target_ref.name, step_started_at=status.step_started_at or now,
+                           rollout_started_at=status.rollout_started_at or status.step_started_at or now)
         checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
 
     world = World(

@@ -179,16 +179,43 @@ class Workloads:
                 "spec": {"selector": selector, "ports": wanted_ports},
             })
             return
-        owners = [o.uid for o in existing.metadata.owner_references or []]
-        if self.owner["uid"] not in owners:
-            raise WorkloadProblem(
-                f"Service {name!r} exists and is not managed by this CanaryRelease; canarist creates "
-                f"{name!r} itself: delete or rename that Service")
+        if self.owner["uid"] not in [o.uid for o in existing.metadata.owner_references or []]:
+            if self._foreign(existing):
+                raise WorkloadProblem(self._conflict_message(name))
+            # Left behind by an earlier CanaryRelease of this target (deletion orphans the canary
+            # Service on purpose): adopt it.
+            existing.metadata.owner_references = [*(existing.metadata.owner_references or []), self.owner]
+            existing = self._core.replace_namespaced_service(name, self.namespace, existing)
         current_ports = [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol}
                          for p in existing.spec.ports or []]
         if existing.spec.selector != selector or current_ports != wanted_ports:
             self._core.patch_namespaced_service(name, self.namespace,
                                                 {"spec": {"selector": selector, "ports": wanted_ports}})
+
+    def _foreign(self, service) -> bool:
+        labels = service.metadata.labels or {}
+        controlled = any(o.controller for o in service.metadata.owner_references or [])
+        return labels.get("app.kubernetes.io/managed-by") != "canarist" or controlled
+
+    @staticmethod
+    def _conflict_message(name: str) -> str:
+        return (f"spec.targetRef.name: Service {name!r} exists and is not managed by canarist; canarist "
+                f"creates {name!r} itself: delete or rename that Service")
+
+    def service_problems(self) -> list[str]:
+        """Services in the way of the ones canarist creates, found before anything is written."""
+        problems = []
+        for name in (primary_name(self.target), canary_service_name(self.target)):
+            try:
+                existing = self._core.read_namespaced_service(name, self.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            if self.owner["uid"] not in [o.uid for o in existing.metadata.owner_references or []] \
+                    and self._foreign(existing):
+                problems.append(self._conflict_message(name))
+        return problems
 
     def release_canary_service(self) -> None:
         """Drop our ownerReference so the canary Service (selecting the target's pods) outlives us."""

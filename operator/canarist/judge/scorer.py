@@ -1,0 +1,79 @@
+"""The Scorer of the judge service: grades answers with an LLM (canarist.judge.types.Scorer).
+
+- `score` makes one call with the prompt of `prompts.build_score_messages` and parses the verdict
+  strictly (`verdicts.parse_score`).
+- `compare` asks twice, with the answers in both orders, concurrently; "a" or "b" wins only when
+  both orders prefer it, otherwise it is a "tie" (this cancels a model's position bias).
+- An answer that addresses its grader (`prompts.injection_signals`) is a bad answer: its score is
+  capped at 0 (no LLM call is made: the cap decides), and it loses a comparison against an answer
+  without such signals (a tie if both have them). The reason names the signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .llm import LLMClient
+from .prompts import MAX_REASON_CHARS, build_compare_messages, build_score_messages, injection_signals
+from .types import Comparison, Score
+from .verdicts import parse_comparison, parse_score
+
+def _cap(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1].rstrip() + "…"
+
+
+def _signal_reason(signals: list[str]) -> str:
+    return f"the answer addresses its grader ({', '.join(signals)}), which makes it a bad answer"
+
+
+class LLMScorer:
+    def __init__(self, llm: LLMClient, rubric: str | None = None) -> None:
+        self.llm = llm
+        self.rubric = rubric if rubric and rubric.strip() else None
+
+    def __repr__(self) -> str:
+        return f"LLMScorer(llm={self.llm!r}, rubric={'custom' if self.rubric else 'default'})"
+
+    async def score(self, request: str, response: str) -> Score:
+        signals = injection_signals(response)
+        if signals:
+            return Score(0.0, f"score capped at 0: {_signal_reason(signals)}", 0)
+        content, tokens = await self.llm.chat(build_score_messages(request, response, self.rubric))
+        verdict = parse_score(content)
+        return Score(verdict.score, verdict.reason, tokens)
+
+    async def compare(self, request: str, answer_a: str, answer_b: str) -> Comparison:
+        signals_a, signals_b = injection_signals(answer_a), injection_signals(answer_b)
+        if signals_a and signals_b:
+            return Comparison("tie", _cap(f"both answers address their grader (a: {', '.join(signals_a)}; "
+                                          f"b: {', '.join(signals_b)})"), 0)
+        if signals_a or signals_b:
+            loser, signals = ("a", signals_a) if signals_a else ("b", signals_b)
+            return Comparison("b" if loser == "a" else "a", f"answer {loser} loses: {_signal_reason(signals)}", 0)
+
+        results = await asyncio.gather(
+            self._ask(request, answer_a, answer_b),   # a shown first, as "A"
+            self._ask(request, answer_b, answer_a),   # b shown first, as "A"
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # JudgeError when the LLM failed; either order failing fails the comparison
+        (first, tokens_1), (second, tokens_2) = results
+        # In terms of a and b: "A" of the first call is a; "A" of the second call is b.
+        pick_1 = {"A": "a", "B": "b", "tie": "tie"}[first.winner]
+        pick_2 = {"A": "b", "B": "a", "tie": "tie"}[second.winner]
+        tokens = tokens_1 + tokens_2
+        if pick_1 == pick_2 and pick_1 != "tie":
+            return Comparison(pick_1, _cap(f"both orders prefer {pick_1}: {first.reason}"), tokens)
+        if pick_1 == pick_2:
+            return Comparison("tie", _cap(f"both orders tie: {first.reason}"), tokens)
+        return Comparison("tie", _cap(f"the orders disagree (a shown first: {pick_1}; b shown first: {pick_2}): "
+                                      f"{first.reason}"), tokens)
+
+    async def _ask(self, request: str, first: str, second: str):
+        content, tokens = await self.llm.chat(build_compare_messages(request, first, second, self.rubric))
+        return parse_comparison(content), tokens
+
+    async def close(self) -> None:
+        await self.llm.close()

@@ -1,0 +1,657 @@
+"""The judge service: an aiohttp application implementing docs/judge-protocol.md.
+
+    POST /v1/samples   validate strictly, store, answer 202 at once (never waits on scoring)
+    GET  /v1/verdict   numbers for one release, variant and time window
+    GET  /v1/export    failed samples as NDJSON eval cases
+    GET  /healthz      200 when the database answers
+    GET  /metrics      Prometheus text, from a registry of this application only
+
+Scoring runs in the background: the database is the source of truth for pending work, a feeder
+task moves pending sample and pair ids into a bounded asyncio queue, and `concurrency` worker
+tasks take them from there, so at most that many scorer calls are in flight. Pending work left
+by a stopped process is picked up when the next one starts on the same database.
+
+Token budget: before each scorer call the worker checks its release's spent tokens against
+`token_budget`; once they reach it, remaining sampled samples and pairs of that release are
+marked `skipped_budget` (the calls already in flight may overshoot it by their own tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .config import ConfigError, JudgeConfig
+from .sampling import fingerprint, is_sampled
+from .stats import summarize
+from .storage import NewSample, Storage, now_us
+from .types import JudgeError, Scorer
+
+__all__ = [
+    "JudgeService", "ValidationError", "SampleIn", "create_app", "build_scorer", "serve",
+    "parse_samples", "parse_time", "format_time", "MAX_BATCH", "MAX_TEXT_BYTES",
+    "SERVICE_KEY",
+]
+
+log = logging.getLogger("canarist.judge")
+
+MAX_BATCH = 1000
+MAX_TEXT_BYTES = 64 * 1024          # request and response, UTF-8
+MAX_LABEL_CHARS = 1024              # revision, requestId, traceId, segment
+VARIANTS = ("primary", "canary")
+REQUIRED_FIELDS = ("release", "variant", "request", "response")
+OPTIONAL_FIELDS = ("revision", "requestId", "traceId", "segment", "timestamp")
+SAMPLE_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
+# namespace: a DNS-1123 label; name: a DNS-1123 subdomain (what Kubernetes accepts for both).
+_RELEASE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+class ValidationError(ValueError):
+    """Bad input; the message starts with the field it is about: "<field>: <what and how to fix>"."""
+
+
+def parse_time(value: Any, field: str, *, query: bool = False) -> int:
+    """An RFC 3339 timestamp with an offset -> microseconds since the epoch.
+
+    In a query string an unescaped "+" of the offset arrives as a space; `query=True` takes it back.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"{field}: must be an RFC 3339 string such as 2026-11-27T10:00:00Z, got {value!r}")
+    text = value
+    if query and len(text) > 6 and text[-6] == " ":
+        text = text[:-6] + "+" + text[-5:]
+    if not _RFC3339_RE.match(text):
+        raise ValidationError(f"{field}: must be an RFC 3339 timestamp with a time zone such as "
+                              f"2026-11-27T10:00:00Z, got {value!r}")
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError as exc:
+        raise ValidationError(f"{field}: not a valid date and time ({exc}), got {value!r}") from None
+    return (moment - _EPOCH) // _US
+
+
+def format_time(us: int) -> str:
+    """Microseconds since the epoch -> RFC 3339 in UTC ("Z"), with a fraction only when there is one."""
+    return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+
+
+def _check_release(value: Any, field: str = "release") -> str:
+    if not isinstance(value, str) or not _RELEASE_RE.match(value):
+        raise ValidationError(f"{field}: must be the CanaryRelease as 'namespace/name' (lowercase "
+                              f"Kubernetes names), got {value!r}")
+    return value
+
+
+def _check_text(value: Any, field: str, *, limit_bytes: int | None = None, limit_chars: int | None = None) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field}: must be a string, got {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field}: is not valid Unicode (it holds a lone surrogate); "
+                              "send UTF-8 text") from None
+    if limit_bytes is not None and size > limit_bytes:
+        raise ValidationError(f"{field}: is {size} bytes of UTF-8, at most {limit_bytes} are accepted; "
+                              "truncate it before sending")
+    if limit_chars is not None and len(value) > limit_chars:
+        raise ValidationError(f"{field}: is {len(value)} characters long, at most {limit_chars} are accepted")
+    return value
+
+
+@dataclass(frozen=True)
+class SampleIn:
+    """One validated sample of the protocol (camelCase fields in, snake_case here)."""
+
+    release: str
+    variant: str
+    request: str
+    response: str
+    revision: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    segment: str | None = None
+    timestamp: int | None = None  # microseconds since the epoch; None = time of ingest
+
+
+def _parse_sample(obj: Any, path: str) -> SampleIn:
+    prefix = f"{path}." if path else ""
+    if not isinstance(obj, dict):
+        raise ValidationError(f"{path or 'body'}: must be a sample object with release, variant, request "
+                              f"and response, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(SAMPLE_FIELDS))
+    if unknown:
+        raise ValidationError(f"{prefix}{unknown[0]}: unknown field; a sample has only "
+                              f"{', '.join(SAMPLE_FIELDS)}")
+    for name in REQUIRED_FIELDS:
+        if obj.get(name) is None:
+            raise ValidationError(f"{prefix}{name}: is required")
+    release = _check_release(obj["release"], f"{prefix}release")
+    variant = obj["variant"]
+    if variant not in VARIANTS:
+        raise ValidationError(f"{prefix}variant: must be 'primary' or 'canary', got {variant!r}")
+    request = _check_text(obj["request"], f"{prefix}request", limit_bytes=MAX_TEXT_BYTES)
+    response = _check_text(obj["response"], f"{prefix}response", limit_bytes=MAX_TEXT_BYTES)
+    labels = {}
+    for name in ("revision", "requestId", "traceId", "segment"):
+        value = obj.get(name)
+        # an empty string counts as absent, like null: a reporter passing "" must not lose its batch
+        if value is not None:
+            value = _check_text(value, f"{prefix}{name}", limit_chars=MAX_LABEL_CHARS) or None
+        labels[name] = value
+    ts = obj.get("timestamp")
+    return SampleIn(release=release, variant=variant, request=request, response=response,
+                    revision=labels["revision"], request_id=labels["requestId"], trace_id=labels["traceId"],
+                    segment=labels["segment"],
+                    timestamp=None if ts is None else parse_time(ts, f"{prefix}timestamp"))
+
+
+def parse_samples(body: Any) -> list[SampleIn]:
+    """A decoded POST /v1/samples body -> validated samples, or ValidationError naming the field."""
+    if isinstance(body, dict) and "samples" in body:
+        extra = sorted(set(body) - {"samples"})
+        if extra:
+            raise ValidationError(f"{extra[0]}: unknown field next to 'samples'; send either one sample "
+                                  "object or {\"samples\": [...]}")
+        batch = body["samples"]
+        if not isinstance(batch, list):
+            raise ValidationError(f"samples: must be a list of sample objects, got {type(batch).__name__}")
+        if len(batch) > MAX_BATCH:
+            raise ValidationError(f"samples: holds {len(batch)} samples, at most {MAX_BATCH} are accepted "
+                                  "per request; split the batch")
+        return [_parse_sample(item, f"samples[{i}]") for i, item in enumerate(batch)]
+    return [_parse_sample(body, "")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.ingested = Counter("canarist_judge_samples_ingested", "Samples received.",
+                                ["release", "variant"], registry=registry)
+        self.sampled = Counter("canarist_judge_samples_sampled", "Samples selected for scoring.",
+                               ["release", "variant"], registry=registry)
+        self.judged = Counter("canarist_judge_samples_judged", "Sampled samples finished, by outcome.",
+                              ["release", "variant", "outcome"], registry=registry)
+        self.latency = Histogram("canarist_judge_judge_latency_seconds",
+                                 "Duration of one scorer call (a score, or a comparison in both orders).",
+                                 ["call"], registry=registry,
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.score = Histogram("canarist_judge_score", "Scores of judged samples.", ["release", "variant"],
+                               registry=registry, buckets=tuple(i / 10 for i in range(1, 11)))
+        self.tokens = Counter("canarist_judge_tokens", "LLM tokens spent, by release.", ["release"],
+                              registry=registry)
+        self.pairs = Counter("canarist_judge_pairs", "Pairwise comparisons finished, by outcome.",
+                             ["release", "outcome"], registry=registry)
+        self.queue_depth = Gauge("canarist_judge_queue_depth",
+                                 "Scoring jobs (samples and pairs) pending and not yet being worked on.",
+                                 registry=registry)
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+
+
+_Job = tuple[str, int]  # ("sample" | "pair", id)
+
+
+class JudgeService:
+    """Ingest, background scoring and the verdict numbers, over one Storage and one Scorer."""
+
+    def __init__(self, config: JudgeConfig, scorer: Scorer, storage: Storage,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.scorer = scorer
+        self.storage = storage
+        self.metrics = _Metrics(registry or CollectorRegistry())
+        self.metrics.queue_depth.set_function(lambda: self._waiting)
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=max(config.queue_size, config.concurrency))
+        self._wake = asyncio.Event()
+        self._workers: list[asyncio.Task] = []
+        self._feeder: asyncio.Task | None = None
+        self._cursor = {"sample": 0, "pair": 0}  # highest id of each kind handed to the queue
+        self._waiting = 0   # pending jobs not yet taken by a worker
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the feeder and the workers; pending work in the database is picked up first."""
+        samples, pairs = self.storage.count_pending()
+        self._waiting = samples + pairs
+        if self._waiting:
+            log.info("resuming %d pending samples and %d pending pairs", samples, pairs)
+        self._feeder = asyncio.create_task(self._feed(), name="judge-feeder")
+        self._workers = [asyncio.create_task(self._work(), name=f"judge-worker-{i}")
+                         for i in range(self.config.concurrency)]
+        self._wake.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop quickly: queued jobs are not started, in-flight ones get `grace` seconds to finish.
+
+        Whatever is not finished stays pending in the database for the next start.
+        """
+        grace = self.config.shutdown_grace if grace is None else grace
+        self._stopping = True
+        if self._feeder is not None:
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        for _ in self._workers:
+            self._queue.put_nowait(None)  # one stop sign per worker; fits, maxsize >= concurrency
+        if self._workers:
+            _, unfinished = await asyncio.wait(self._workers, timeout=grace)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            if unfinished:
+                log.info("stopped %d scorer calls in flight; their work resumes on the next start", len(unfinished))
+        self._workers = []
+
+    async def wait_idle(self, timeout: float = 10.0, poll: float = 0.01) -> None:
+        """Wait until no sample or pair is pending (tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while self.storage.count_pending() != (0, 0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"judge still has pending work after {timeout}s: {self.storage.count_pending()}")
+            await asyncio.sleep(poll)
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def budget_exhausted(self, release: str) -> bool:
+        budget = self.config.token_budget
+        return budget is not None and self.storage.tokens_used(release) >= budget
+
+    def ingest(self, samples: Iterable[SampleIn], *, now: int | None = None) -> tuple[int, int]:
+        """Store validated samples and wake the workers; (accepted, sampled). Never waits on scoring."""
+        now = now_us() if now is None else now
+        samples = list(samples)
+        exhausted = {r for r in {s.release for s in samples} if self.budget_exhausted(r)}
+        rows = []
+        for s in samples:
+            fp = fingerprint(s.request)
+            if not is_sampled(fp, self.config.sample_rate):
+                status = "unsampled"
+            elif s.release in exhausted:
+                status = "skipped_budget"
+            else:
+                status = "pending"
+            rows.append(NewSample(release=s.release, variant=s.variant, request=s.request, response=s.response,
+                                  fingerprint=fp, ts=now if s.timestamp is None else s.timestamp, status=status,
+                                  revision=s.revision, request_id=s.request_id, trace_id=s.trace_id,
+                                  segment=s.segment))
+        result = self.storage.insert_samples(rows, ingested_at=now, exhausted=exhausted)
+        for row in rows:
+            self.metrics.ingested.labels(row.release, row.variant).inc()
+            if row.sampled:
+                self.metrics.sampled.labels(row.release, row.variant).inc()
+            if row.status == "skipped_budget":
+                self.metrics.judged.labels(row.release, row.variant, "skipped_budget").inc()
+        new_jobs = len(result.pending_samples) + len(result.pending_pairs)
+        if new_jobs:
+            self._waiting += new_jobs
+            self._wake.set()
+        return result.accepted, result.sampled
+
+    # -- background work -----------------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        """Move pending ids from the database into the bounded queue, oldest first, each once."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self._stopping:
+                room = max(1, self._queue.maxsize - self._queue.qsize())
+                jobs: list[_Job] = [("sample", i) for i in self.storage.pending_sample_ids(self._cursor["sample"], room)]
+                jobs += [("pair", i) for i in self.storage.pending_pair_ids(self._cursor["pair"], room)]
+                if not jobs:
+                    break
+                for kind, job_id in jobs:
+                    await self._queue.put((kind, job_id))  # waits while the workers are behind
+                    self._cursor[kind] = job_id
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is None or self._stopping:
+                return
+            self._waiting -= 1
+            kind, job_id = job
+            try:
+                if kind == "sample":
+                    await self._score_sample(job_id)
+                else:
+                    await self._compare_pair(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a database failure: the job stays pending until a restart
+                log.exception("judge job %s %d failed unexpectedly", kind, job_id)
+
+    async def _timed(self, call: str, make: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await make()
+        finally:
+            self.metrics.latency.labels(call).observe(time.perf_counter() - started)
+
+    async def _score_sample(self, sample_id: int) -> None:
+        row = self.storage.get_sample(sample_id)
+        if row is None or row.status != "pending":
+            return
+        labels = (row.release, row.variant)
+        if self.budget_exhausted(row.release):
+            if self.storage.finish_sample(sample_id, "skipped_budget"):
+                self.metrics.judged.labels(*labels, "skipped_budget").inc()
+            return
+        try:
+            result = await self._timed("score", lambda: self.scorer.score(row.request, row.response))
+            score = float(result.score)
+            if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+                raise JudgeError(f"the scorer returned a score outside [0, 1]: {result.score!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # JudgeError, or a scorer bug: either way this sample failed
+            message = str(exc) if isinstance(exc, JudgeError) else f"{type(exc).__name__}: {exc}"
+            log.warning("scoring sample %d of %s (%s) failed: %s", sample_id, row.release, row.variant, message)
+            if self.storage.finish_sample(sample_id, "error", error=message[:2000]):
+                self.metrics.judged.labels(*labels, "error").inc()
+            return
+        tokens = max(0, int(result.tokens))
+        if self.storage.finish_sample(sample_id, "scored", score=score, reason=result.reason, tokens=tokens):
+            self.metrics.judged.labels(*labels, "scored").inc()
+            self.metrics.score.labels(*labels).observe(score)
+            self.metrics.tokens.labels(row.release).inc(tokens)
+
+    async def _compare_pair(self, pair_id: int) -> None:
+        pair = self.storage.get_pair(pair_id)
+        if pair is None or pair.status != "pending":
+            return
+        if self.budget_exhausted(pair.release):
+            if self.storage.finish_pair(pair_id, "skipped_budget"):
+                self.metrics.pairs.labels(pair.release, "skipped_budget").inc()
+            return
+        try:
+            # a = the primary's answer, b = the canary's; the scorer runs both orders itself.
+            result = await self._timed("compare", lambda: self.scorer.compare(
+                pair.request, pair.primary_response, pair.canary_response))
+            winner = {"a": "primary", "b": "canary", "tie": "tie"}.get(result.winner)
+            if winner is None:
+                raise JudgeError(f"the scorer returned an unknown winner: {result.winner!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, JudgeError) else f"{type(exc).__name__}: {exc}"
+            log.warning("comparing pair %d of %s failed: %s", pair_id, pair.release, message)
+            if self.storage.finish_pair(pair_id, "error", error=message[:2000]):
+                self.metrics.pairs.labels(pair.release, "error").inc()
+            return
+        tokens = max(0, int(result.tokens))
+        if self.storage.finish_pair(pair_id, "done", winner=winner, reason=result.reason, tokens=tokens):
+            self.metrics.pairs.labels(pair.release, winner).inc()
+            self.metrics.tokens.labels(pair.release).inc(tokens)
+
+    # -- verdicts ------------------------------------------------------------------------------
+
+    def verdict(self, release: str, variant: str, since: int, until: int, revision: str | None = None) -> dict:
+        counts = self.storage.counts(release, variant, since, until, revision)
+        summary = summarize(self.storage.scores(release, variant, since, until, revision), self.config.pass_mark)
+        used = self.storage.tokens_used(release)
+        budget = self.config.token_budget
+        return {
+            "release": release, "variant": variant, "revision": revision,
+            "since": format_time(since), "until": format_time(until),
+            "ingested": counts.ingested, "sampled": counts.sampled, "judged": counts.judged,
+            "pending": counts.pending, "errors": counts.errors, "skippedBudget": counts.skipped_budget,
+            "meanScore": summary.mean, "ci95": list(summary.ci95) if summary.ci95 else None,
+            "passMark": self.config.pass_mark, "failed": summary.failed,
+            "pairwise": self.storage.pairwise(release, variant, since, until, revision),
+            "budget": {"tokensUsed": used, "tokenBudget": budget,
+                       "exhausted": budget is not None and used >= budget},
+        }
+
+    def export_lines(self, release: str, *, variant: str | None = None, revision: str | None = None,
+                     since: int | None = None, until: int | None = None) -> Iterable[bytes]:
+        for row in self.storage.failed_samples(release, self.config.pass_mark, variant=variant,
+                                               revision=revision, since=since, until=until):
+            case = {
+                "fingerprint": row["fingerprint"], "release": row["release"], "variant": row["variant"],
+                "revision": row["revision"], "request": row["request"], "response": row["response"],
+                "otherResponse": row["other_response"], "score": row["score"], "reason": row["reason"],
+                "requestId": row["request_id"], "traceId": row["trace_id"], "segment": row["segment"],
+                "timestamp": format_time(row["ts"]),
+            }
+            yield (json.dumps(case, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+SERVICE_KEY = web.AppKey("judge_service", JudgeService)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _query(request: web.Request, allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, str]:
+    allowed = tuple(allowed)
+    params: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key not in allowed:
+            raise ValidationError(f"{key}: unknown query parameter; {request.path} takes {', '.join(allowed)}")
+        if key in params:
+            raise ValidationError(f"{key}: given more than once; give it once")
+        if value == "":
+            raise ValidationError(f"{key}: is empty; give a value or leave the parameter out")
+        params[key] = value
+    for key in required:
+        if key not in params:
+            raise ValidationError(f"{key}: query parameter is required")
+    return params
+
+
+def _window(params: dict[str, str]) -> tuple[int | None, int]:
+    since = parse_time(params["since"], "since", query=True) if "since" in params else None
+    until = parse_time(params["until"], "until", query=True) if "until" in params else now_us()
+    if since is not None and until < since:
+        raise ValidationError(f"until: {params.get('until', 'now')} is before since {params['since']}; "
+                              "the window is [since, until)")
+    return since, until
+
+
+def _variant(params: dict[str, str]) -> str | None:
+    variant = params.get("variant")
+    if variant is not None and variant not in VARIANTS:
+        raise ValidationError(f"variant: must be 'primary' or 'canary', got {variant!r}")
+    return variant
+
+
+async def _post_samples(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body: larger than {service.config.max_body_bytes} bytes; send fewer samples per request")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, f"body: not valid JSON ({exc}); send one sample object or {{\"samples\": [...]}}")
+    try:
+        samples = parse_samples(body)
+    except ValidationError as exc:
+        return _error(400, str(exc))
+    accepted, sampled = service.ingest(samples)
+    return web.json_response({"accepted": accepted, "sampled": sampled}, status=202)
+
+
+async def _get_verdict(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    try:
+        params = _query(request, ("release", "variant", "since", "until", "revision"),
+                        ("release", "variant", "since"))
+        release = _check_release(params["release"])
+        variant = _variant(params)
+        since, until = _window(params)
+    except ValidationError as exc:
+        return _error(400, str(exc))
+    assert since is not None and variant is not None
+    return web.json_response(service.verdict(release, variant, since, until, params.get("revision")))
+
+
+async def _get_export(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    try:
+        params = _query(request, ("release", "revision", "since", "until", "variant"), ("release",))
+        release = _check_release(params["release"])
+        variant = _variant(params)
+        since, until = _window(params)
+    except ValidationError as exc:
+        return _error(400, str(exc))
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
+    await response.prepare(request)
+    chunk: list[bytes] = []
+    for line in service.export_lines(release, variant=variant, revision=params.get("revision"),
+                                     since=since, until=until):
+        chunk.append(line)
+        if len(chunk) >= 200:
+            await response.write(b"".join(chunk))
+            chunk = []
+    if chunk:
+        await response.write(b"".join(chunk))
+    await response.write_eof()
+    return response
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if request.app[SERVICE_KEY].storage.ping():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="database unreachable\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[SERVICE_KEY].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_scorer(config: JudgeConfig) -> Scorer:
+    """The real LLM scorer of `config`: an OpenAI-compatible client, the rubric, the API key.
+
+    Raises ConfigError when a setting it needs is missing or unreadable. The key is read here and
+    handed to the client only; it is never logged.
+    """
+    from .llm import LLMClient, load_api_key  # imported late: tests with a fake scorer need neither
+    from .scorer import LLMScorer
+
+    config.require_llm()
+    rubric = None
+    if config.rubric_file is not None:
+        try:
+            rubric = Path(config.rubric_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--rubric-file: cannot read {config.rubric_file}: {exc.strerror}") from None
+    try:
+        api_key = load_api_key(config.api_key_env, config.api_key_file)
+    except ValueError as exc:  # its messages never hold the key
+        raise ConfigError(f"API key: {exc}") from None
+    try:
+        llm = LLMClient(config.llm_base_url, config.model, api_key, timeout=config.timeout,
+                        retries=config.retries, backoff=config.backoff)
+    except ValueError as exc:
+        raise ConfigError(f"LLM client: {exc}") from None
+    return LLMScorer(llm, rubric)
+
+
+def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
+               registry: CollectorRegistry | None = None) -> web.Application:
+    """The judge's aiohttp application; its database opens and its workers start with the app.
+
+    `scorer` defaults to `build_scorer(config)`, built at startup. The service object is
+    `app[SERVICE_KEY]` once the app has started. The scorer and the database are closed on cleanup.
+    """
+    app = web.Application(client_max_size=config.max_body_bytes)
+
+    async def lifecycle(app: web.Application):
+        storage = Storage(config.db)
+        try:
+            service = JudgeService(config, scorer if scorer is not None else build_scorer(config), storage,
+                                   registry=registry)
+        except BaseException:
+            storage.close()
+            raise
+        app[SERVICE_KEY] = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            try:
+                await service.scorer.close()
+            finally:
+                storage.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/samples", _post_samples)
+    app.router.add_get("/v1/verdict", _get_verdict)
+    app.router.add_get("/v1/export", _get_export)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def serve(config: JudgeConfig, *, scorer: Scorer | None = None, port_file: str | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or `stop` is set), then shut down gracefully.
+
+    The scorer is built before the server listens, so a bad LLM setting fails at once. With
+    `port_file` the bound port is written there once the server accepts connections.
+    """
+    scorer = scorer if scorer is not None else build_scorer(config)
+    app = create_app(config, scorer)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=max(config.shutdown_grace, 0.1))
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+        port = runner.addresses[0][1]
+        log.info("judge listening on %s:%d (db %s, sample rate %g, pass mark %g, model %s at %s, concurrency %d, "
+                 "token budget %s)", config.host, port, config.db, config.sample_rate, config.pass_mark,
+                 config.model, config.llm_base_url, config.concurrency, config.token_budget or "none")
+        if port_file:
+            tmp = Path(port_file + ".tmp")
+            tmp.write_text(f"{port}\n")
+            tmp.replace(port_file)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("judge shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("judge stopped")

@@ -1,0 +1,433 @@
+"""The judge service's SQLite database: samples, pairwise results and token usage per release.
+
+One file (WAL mode) or ":memory:" for tests; standard library only. Used from one thread (the
+service's event loop): every call is short, and ingest writes a whole batch in one transaction.
+
+The database is the source of truth for pending work: a sampled sample stays `pending` until a
+worker records its outcome, so after a restart the service picks every pending sample and pair
+up again. Timestamps are integer microseconds since the Unix epoch (UTC), so window bounds
+compare exactly.
+
+Sample statuses: `unsampled` (stored and counted, never scored), `pending`, `scored`, `error`,
+`skipped_budget`. Pair statuses: `pending`, `done`, `error`, `skipped_budget`; a done pair's
+`winner` is `canary`, `primary` or `tie`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Container, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "Storage", "now_us", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+Variant = Literal["primary", "canary"]
+SampleStatus = Literal["unsampled", "pending", "scored", "error", "skipped_budget"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    release      TEXT    NOT NULL,
+    variant      TEXT    NOT NULL CHECK (variant IN ('primary', 'canary')),
+    revision     TEXT,
+    request      TEXT    NOT NULL,
+    response     TEXT    NOT NULL,
+    fingerprint  TEXT    NOT NULL,
+    request_id   TEXT,
+    trace_id     TEXT,
+    segment      TEXT,
+    ts           INTEGER NOT NULL,  -- the sample's timestamp, microseconds since the epoch
+    ingested_at  INTEGER NOT NULL,
+    sampled      INTEGER NOT NULL CHECK (sampled IN (0, 1)),
+    status       TEXT    NOT NULL
+                 CHECK (status IN ('unsampled', 'pending', 'scored', 'error', 'skipped_budget')),
+    score        REAL,
+    reason       TEXT,
+    error        TEXT,
+    tokens       INTEGER NOT NULL DEFAULT 0,
+    finished_at  INTEGER,
+    pair_id      INTEGER REFERENCES pairs(id)
+);
+-- The verdict query: one release and variant over a time window.
+CREATE INDEX IF NOT EXISTS samples_verdict ON samples (release, variant, ts);
+-- Pairing: the unpaired sampled answers of one variant to one input, nearest in time.
+CREATE INDEX IF NOT EXISTS samples_unpaired ON samples (release, fingerprint, variant, ts)
+    WHERE sampled = 1 AND pair_id IS NULL;
+-- Exports: the other variant's answer to the same input.
+CREATE INDEX IF NOT EXISTS samples_fingerprint ON samples (release, fingerprint, variant, ts);
+CREATE INDEX IF NOT EXISTS samples_pending ON samples (id) WHERE status = 'pending';
+
+CREATE TABLE IF NOT EXISTS pairs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    release      TEXT    NOT NULL,
+    fingerprint  TEXT    NOT NULL,
+    primary_id   INTEGER NOT NULL UNIQUE REFERENCES samples(id),
+    canary_id    INTEGER NOT NULL UNIQUE REFERENCES samples(id),
+    canary_ts    INTEGER NOT NULL,  -- verdicts count a pair by its canary sample's timestamp
+    status       TEXT    NOT NULL CHECK (status IN ('pending', 'done', 'error', 'skipped_budget')),
+    winner       TEXT    CHECK (winner IN ('primary', 'canary', 'tie')),
+    reason       TEXT,
+    error        TEXT,
+    tokens       INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    finished_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS pairs_verdict ON pairs (release, canary_ts);
+CREATE INDEX IF NOT EXISTS pairs_pending ON pairs (id) WHERE status = 'pending';
+
+CREATE TABLE IF NOT EXISTS token_usage (
+    release      TEXT    PRIMARY KEY,
+    tokens       INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class NewSample:
+    """A validated sample, with the service's fingerprint and sampling decision."""
+
+    release: str
+    variant: Variant
+    request: str
+    response: str
+    fingerprint: str
+    ts: int  # microseconds since the epoch
+    status: Literal["unsampled", "pending", "skipped_budget"]
+    revision: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    segment: str | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return self.status != "unsampled"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    sampled: int
+    pending_samples: tuple[int, ...]  # ids of the new samples waiting for a score
+    pending_pairs: tuple[int, ...]    # ids of the new pairs waiting for a comparison
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    id: int
+    release: str
+    variant: Variant
+    revision: str | None
+    request: str
+    response: str
+    fingerprint: str
+    ts: int
+    status: SampleStatus
+    score: float | None
+    reason: str | None
+    error: str | None
+    tokens: int
+    pair_id: int | None
+
+
+@dataclass(frozen=True)
+class PairRow:
+    id: int
+    release: str
+    fingerprint: str
+    primary_id: int
+    canary_id: int
+    request: str            # the canary sample's request (same normalized input as the primary's)
+    primary_response: str
+    canary_response: str
+    status: str
+    winner: str | None
+
+
+@dataclass(frozen=True)
+class Counts:
+    ingested: int
+    sampled: int
+    judged: int
+    pending: int
+    errors: int
+    skipped_budget: int
+
+
+class Storage:
+    """All the service's reads and writes. `path` is a file path or ":memory:"."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: database schema version {version} is newer than this "
+                               f"judge's ({SCHEMA_VERSION}); run a newer judge or use another --db file")
+        self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def ping(self) -> bool:
+        """True when the database answers a query."""
+        try:
+            return self._db.execute("SELECT 1").fetchone()[0] == 1
+        except sqlite3.Error:
+            return False
+
+    @property
+    def journal_mode(self) -> str:
+        return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def insert_samples(self, samples: Sequence[NewSample], *, ingested_at: int | None = None,
+                       exhausted: Container[str] = ()) -> IngestResult:
+        """Store a batch in one transaction and pair each sampled answer with the other variant's.
+
+        A sampled sample is paired with the unpaired sampled answer of the other variant to the
+        same input (release and fingerprint) nearest to it in time; every sample is in at most
+        one pair. A new pair of a release in `exhausted` is `skipped_budget`, otherwise pending.
+        """
+        ingested_at = now_us() if ingested_at is None else ingested_at
+        new_samples: list[int] = []
+        new_pairs: list[int] = []
+        sampled = 0
+        with self._tx() as db:
+            for s in samples:
+                sid = db.execute(
+                    "INSERT INTO samples (release, variant, revision, request, response, fingerprint,"
+                    " request_id, trace_id, segment, ts, ingested_at, sampled, status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (s.release, s.variant, s.revision, s.request, s.response, s.fingerprint,
+                     s.request_id, s.trace_id, s.segment, s.ts, ingested_at, int(s.sampled), s.status),
+                ).lastrowid
+                if not s.sampled:
+                    continue
+                sampled += 1
+                if s.status == "pending":
+                    new_samples.append(sid)
+                other = self._nearest_unpaired(s.release, s.fingerprint,
+                                               "primary" if s.variant == "canary" else "canary", s.ts)
+                if other is None:
+                    continue
+                other_id, other_ts = other
+                primary_id, canary_id = (other_id, sid) if s.variant == "canary" else (sid, other_id)
+                canary_ts = s.ts if s.variant == "canary" else other_ts
+                status = "skipped_budget" if s.release in exhausted else "pending"
+                pid = db.execute(
+                    "INSERT INTO pairs (release, fingerprint, primary_id, canary_id, canary_ts, status,"
+                    " created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (s.release, s.fingerprint, primary_id, canary_id, canary_ts, status, ingested_at,
+                     ingested_at if status != "pending" else None),
+                ).lastrowid
+                db.execute("UPDATE samples SET pair_id = ? WHERE id IN (?, ?)", (pid, primary_id, canary_id))
+                if status == "pending":
+                    new_pairs.append(pid)
+        return IngestResult(len(samples), sampled, tuple(new_samples), tuple(new_pairs))
+
+    def _nearest_unpaired(self, release: str, fp: str, variant: str, ts: int) -> tuple[int, int] | None:
+        where = ("FROM samples WHERE release = ? AND fingerprint = ? AND variant = ?"
+                 " AND sampled = 1 AND pair_id IS NULL")
+        args = (release, fp, variant, ts)
+        before = self._db.execute(f"SELECT id, ts {where} AND ts <= ? ORDER BY ts DESC, id LIMIT 1", args).fetchone()
+        after = self._db.execute(f"SELECT id, ts {where} AND ts > ? ORDER BY ts, id LIMIT 1", args).fetchone()
+        candidates = [row for row in (before, after) if row is not None]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda row: (abs(row["ts"] - ts), row["id"]))
+        return best["id"], best["ts"]
+
+    # -- work -------------------------------------------------------------------------------
+
+    def pending_sample_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
+        rows = self._db.execute("SELECT id FROM samples WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+                                (after_id, limit))
+        return [row[0] for row in rows]
+
+    def pending_pair_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
+        rows = self._db.execute("SELECT id FROM pairs WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+                                (after_id, limit))
+        return [row[0] for row in rows]
+
+    def count_pending(self) -> tuple[int, int]:
+        """(pending samples, pending pairs)."""
+        samples = self._db.execute("SELECT count(*) FROM samples WHERE status = 'pending'").fetchone()[0]
+        pairs = self._db.execute("SELECT count(*) FROM pairs WHERE status = 'pending'").fetchone()[0]
+        return samples, pairs
+
+    def get_sample(self, sample_id: int) -> SampleRow | None:
+        row = self._db.execute(
+            "SELECT id, release, variant, revision, request, response, fingerprint, ts, status, score,"
+            " reason, error, tokens, pair_id FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        return SampleRow(**dict(row)) if row else None
+
+    def get_pair(self, pair_id: int) -> PairRow | None:
+        row = self._db.execute(
+            "SELECT p.id, p.release, p.fingerprint, p.primary_id, p.canary_id, c.request AS request,"
+            " s.response AS primary_response, c.response AS canary_response, p.status, p.winner"
+            " FROM pairs p JOIN samples s ON s.id = p.primary_id JOIN samples c ON c.id = p.canary_id"
+            " WHERE p.id = ?", (pair_id,)).fetchone()
+        return PairRow(**dict(row)) if row else None
+
+    def finish_sample(self, sample_id: int, status: Literal["scored", "error", "skipped_budget"], *,
+                      score: float | None = None, reason: str | None = None, error: str | None = None,
+                      tokens: int = 0, release: str | None = None) -> bool:
+        """Record a pending sample's outcome and add its tokens to its release's usage, atomically.
+
+        False (and nothing written) when the sample is not pending any more.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT release FROM samples WHERE id = ? AND status = 'pending'",
+                             (sample_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE samples SET status = ?, score = ?, reason = ?, error = ?, tokens = ?,"
+                       " finished_at = ? WHERE id = ?",
+                       (status, score, reason, error, tokens, now_us(), sample_id))
+            self._add_tokens(db, row["release"], tokens)
+        return True
+
+    def finish_pair(self, pair_id: int, status: Literal["done", "error", "skipped_budget"], *,
+                    winner: Literal["primary", "canary", "tie"] | None = None, reason: str | None = None,
+                    error: str | None = None, tokens: int = 0) -> bool:
+        with self._tx() as db:
+            row = db.execute("SELECT release FROM pairs WHERE id = ? AND status = 'pending'", (pair_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE pairs SET status = ?, winner = ?, reason = ?, error = ?, tokens = ?,"
+                       " finished_at = ? WHERE id = ?",
+                       (status, winner, reason, error, tokens, now_us(), pair_id))
+            self._add_tokens(db, row["release"], tokens)
+        return True
+
+    @staticmethod
+    def _add_tokens(db: sqlite3.Connection, release: str, tokens: int) -> None:
+        if tokens:
+            db.execute("INSERT INTO token_usage (release, tokens) VALUES (?, ?)"
+                       " ON CONFLICT (release) DO UPDATE SET tokens = tokens + excluded.tokens",
+                       (release, tokens))
+
+    def tokens_used(self, release: str) -> int:
+        row = self._db.execute("SELECT tokens FROM token_usage WHERE release = ?", (release,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _other_response(self, sample: dict) -> str | None:
+        """The other variant's answer to the same input: the pair's, else the nearest in time."""
+        other = "primary" if sample["variant"] == "canary" else "canary"
+        if sample["pair_id"] is not None:
+            row = self._db.execute(f"SELECT o.response FROM pairs p JOIN samples o ON o.id = p.{other}_id"
+                                   " WHERE p.id = ?", (sample["pair_id"],)).fetchone()
+            if row is not None:
+                return row[0]
+        where = "FROM samples WHERE release = ? AND fingerprint = ? AND variant = ?"
+        args = (sample["release"], sample["fingerprint"], other, sample["ts"])
+        before = self._db.execute(f"SELECT response, ts, id {where} AND ts <= ? ORDER BY ts DESC, id LIMIT 1",
+                                  args).fetchone()
+        after = self._db.execute(f"SELECT response, ts, id {where} AND ts > ? ORDER BY ts, id LIMIT 1",
+                                 args).fetchone()
+        candidates = [row for row in (before, after) if row is not None]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda row: (abs(row["ts"] - sample["ts"]), row["id"]))["response"]
+
+    # -- verdicts ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _window(alias: str, since: int | None, until: int | None, revision: str | None,
+                variant: str | None = None) -> tuple[str, list]:
+        sql, args = "", []
+        if variant is not None:
+            sql += f" AND {alias}.variant = ?"
+            args.append(variant)
+        if since is not None:
+            sql += f" AND {alias}.ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += f" AND {alias}.ts < ?"
+            args.append(until)
+        if revision is not None:
+            sql += f" AND {alias}.revision = ?"
+            args.append(revision)
+        return sql, args
+
+    def counts(self, release: str, variant: str, since: int, until: int, revision: str | None = None) -> Counts:
+        where, args = self._window("s", since, until, revision, variant)
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(s.sampled), 0), coalesce(sum(s.status = 'scored'), 0),"
+            " coalesce(sum(s.status = 'pending'), 0), coalesce(sum(s.status = 'error'), 0),"
+            " coalesce(sum(s.status = 'skipped_budget'), 0)"
+            f" FROM samples s WHERE s.release = ?{where}", [release, *args]).fetchone()
+        return Counts(*(int(v) for v in row))
+
+    def scores(self, release: str, variant: str, since: int, until: int, revision: str | None = None) -> list[float]:
+        where, args = self._window("s", since, until, revision, variant)
+        rows = self._db.execute(f"SELECT s.score FROM samples s WHERE s.release = ?{where} AND s.status = 'scored'"
+                                " ORDER BY s.id", [release, *args])
+        return [row[0] for row in rows]
+
+    def pairwise(self, release: str, variant: str, since: int, until: int,
+                 revision: str | None = None) -> dict[str, int]:
+        """Done pairs whose canary sample lies in [since, until): {"wins", "losses", "ties"} for `variant`.
+
+        `revision` filters on the revision of `variant`'s sample of each pair.
+        """
+        sql = ("SELECT p.winner, count(*) FROM pairs p"
+               f" JOIN samples s ON s.id = p.{'canary_id' if variant == 'canary' else 'primary_id'}"
+               " WHERE p.release = ? AND p.canary_ts >= ? AND p.canary_ts < ? AND p.status = 'done'")
+        args: list = [release, since, until]
+        if revision is not None:
+            sql += " AND s.revision = ?"
+            args.append(revision)
+        counts = dict(self._db.execute(sql + " GROUP BY p.winner", args).fetchall())
+        other = "primary" if variant == "canary" else "canary"
+        return {"wins": counts.get(variant, 0), "losses": counts.get(other, 0), "ties": counts.get("tie", 0)}
+
+    def failed_samples(self, release: str, pass_mark: float, *, variant: str | None = None,
+                       revision: str | None = None, since: int | None = None, until: int | None = None,
+                       page: int = 500) -> Iterator[dict]:
+        """Judged samples scoring below `pass_mark`, oldest first, each with the other variant's answer.
+
+        Pages through the table by (ts, id), so no cursor stays open between pages.
+        """
+        where, args = self._window("s", since, until, revision, variant)
+        last: tuple[int, int] = (-(2**62), 0)
+        while True:
+            rows = self._db.execute(
+                "SELECT s.id, s.fingerprint, s.release, s.variant, s.revision, s.request, s.response,"
+                " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id"
+                f" FROM samples s WHERE s.release = ?{where} AND s.status = 'scored' AND s.score < ?"
+                " AND (s.ts, s.id) > (?, ?) ORDER BY s.ts, s.id LIMIT ?",
+                [release, *args, pass_mark, *last, page]).fetchall()
+            for row in rows:
+                case = dict(row)
+                case["other_response"] = self._other_response(case)
+                yield case
+            if len(rows) < page:
+                return
+            last = (rows[-1]["ts"], rows[-1]["id"])

@@ -1,0 +1,108 @@
+"""The judge gate end to end: real judge service, scripted LLM server, apps reporting samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from canarist.devstack.demoapp import DemoApp
+from canarist.devstack.judge_server import JudgeServer
+from canarist.devstack.procs import wait_until
+from canarist.devstack.scripted_llm import ScriptedLLM
+from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
+
+from .harness import canary_release, deployment
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+STEPS = [20, 50, 100]
+
+
+@pytest.fixture
+def judge(tmp_path) -> Iterator[JudgeServer]:
+    with ScriptedLLM.start(workdir=tmp_path / "llm") as llm:
+        server = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
+    release = f"{namespace}/web"
+    primary = DemoApp.start("web", "primary", "v1", judge_url=judge.url, release=release, seed=1,
+                            workdir=tmp_path / "primary")
+    canary = DemoApp.start("web", "canary", "v2", judge_url=judge.url, release=release, seed=2,
+                           workdir=tmp_path / "canary")
+    for app in (primary, canary):
+        stack.prometheus.add_target(app.metrics_address, {"namespace": namespace})
+    yield {"primary": primary, "canary": canary}
+    for app in (primary, canary):
+        stack.prometheus.remove_target(app.metrics_address)
+        app.stop()
+
+
+@pytest.fixture
+def questions_traffic(kube_client, namespace, judged_apps) -> Iterator[TrafficDriver]:
+    driver = TrafficDriver(kube_client, namespace, "web",
+                           {"web-primary": judged_apps["primary"].url, "web-canary": judged_apps["canary"].url},
+                           rps=30, poll_interval=0.2, questions=arithmetic_questions(40))
+    driver.start()
+    yield driver
+    driver.stop()
+
+
+def start(cluster, judge_url: str, **judge_gate) -> None:
+    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
+    release = canary_release("web", "web", failureLimit=0)
+    release["spec"]["steps"] = STEPS
+    release["spec"]["analysis"]["judge"] = {"url": judge_url, "minScore": 0.8, "maxRegression": 0.1,
+                                            "minSamples": 8, "timeout": "2s", **judge_gate}
+    cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
+                                                   release)
+    cluster.wait_phase("web", "Idle", 60)
+    cluster.set_image("web", "registry.test/web:v2")
+
+
+def checks_by_name(status: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in status.get("lastChecks", [])}
+
+
+def test_worse_answers_are_rolled_back_by_the_judge_while_errors_look_perfect(
+        cluster, operator, judge, judged_apps, questions_traffic):
+    judged_apps["canary"].configure(wrong_rate=0.8)
+    start(cluster, judge.url)
+    status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 120)
+    assert status["phase"] == "RolledBack", status
+    checks = checks_by_name(status)
+    assert checks["error-rate"]["result"] == "Passed" and checks["error-rate"]["value"] == 0
+    assert checks["judge-score"]["result"] == "Failed" and checks["judge-score"]["value"] < 0.8
+    assert checks["judge-regression"]["result"] == "Failed"
+    assert "judge-score=" in status["message"]
+    rolled = [e for e in cluster.events("web") if e.reason == "RolledBack"]
+    assert rolled and "judge-score" in rolled[0].message
+    assert questions_traffic.responses.get("web-canary", {}).get("500", 0) == 0
+
+
+def test_good_answers_are_promoted_with_judge_values_in_status(cluster, operator, judge, questions_traffic):
+    start(cluster, judge.url, maxLossRate=0.3)
+    status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 150)
+    assert status["phase"] == "Succeeded", status
+    checks = checks_by_name(status)
+    assert checks["judge-score"]["result"] == "Passed" and checks["judge-score"]["value"] >= 0.8
+    assert checks["judge-score"]["min"] == 0.8
+    assert checks["judge-regression"]["result"] == "Passed"
+    assert checks["judge-loss-rate"]["result"] == "Passed"
+
+
+def test_with_the_judge_down_the_rollout_holds_and_never_promotes(cluster, operator, judge, questions_traffic):
+    start(cluster, judge.url)
+    wait_until(lambda: cluster.status("web").get("canaryWeight") == STEPS[0], 60, "the first step")
+    judge.stop()
+    time.sleep(12)  # four analysis intervals with the judge unreachable
+    status = cluster.status("web")
+    assert status["phase"] == "Progressing" and status["canaryWeight"] == STEPS[0], status
+    assert status["providerErrors"] >= 2
+    checks = checks_by_name(status)
+    assert checks["judge-score"]["result"] == "Error" and "unreachable" in checks["judge-score"]["message"]

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo deps binaries prometheus unit stack-down clean help
+.PHONY: test demo deps binaries prometheus unit crds stack-down clean help
 
 help:
 	@echo "make test   - set everything up (Python deps, cluster binaries, Prometheus) and run every test"
@@ -30,6 +30,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+## crds: regenerate the CRD from the pydantic models, and its copy in the Helm chart.
+crds: deps
+	$(PY) -m canarist.api.crd > crds/canarist.dev_canaryreleases.yaml
+	cp crds/canarist.dev_canaryreleases.yaml charts/canarist/crds/
 
 binaries:
 	hack/build-binaries.sh >/dev/null

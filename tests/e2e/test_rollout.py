@@ -144,3 +144,9 @@ def test_deleting_the_release_hands_traffic_back_to_the_target(cluster, operator
         return False
 
     wait_until(primary_gone, 60, "the primary to be garbage-collected")
+
+    # A new CanaryRelease for the same target adopts the Service the old one handed over.
+    cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
+                                                   canary_release("web", "web"))
+    cluster.wait_phase("web", "Idle", 60)
+    wait_until(lambda: cluster.route_weights("web") == (100, 0), 30, "the route back on the primary")

@@ -25,7 +25,7 @@ MINIMAL = {
 
 
 def test_committed_crd_is_generated_from_the_models():
-    assert CRD_FILE.read_text() == crd.render(), "run: python -m canarist.api.crd > " + str(CRD_FILE.relative_to(ROOT))
+    assert CRD_FILE.read_text() == crd.render(), "run: make crds"
 
 
 def test_defaults():

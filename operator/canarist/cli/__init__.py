@@ -1,0 +1,4 @@
+"""The user CLI: `canarist ...`, also installed as `kubectl-canarist` (`kubectl canarist ...`).
+
+One module per command group, each with `register(subparsers)`; `main.py` assembles them.
+"""

@@ -1,0 +1,421 @@
+"""The Helm chart (charts/canarist): lint, rendering, schema, CRD copy, and a least-privilege install.
+
+That the RBAC is also *sufficient* is proven in tests/e2e/test_chart_identity.py, which runs the
+operator with the chart's ServiceAccount.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from canarist.devstack.binaries import ensure_binaries
+from canarist.devstack.procs import wait_until
+from tests.e2e.chart_identity import CHART, ROOT, helm, install_chart, operator_service_account, uninstall_chart
+
+REPO_CRD = ROOT / "crds" / "canarist.dev_canaryreleases.yaml"
+CHART_CRD = CHART / "crds" / "canarist.dev_canaryreleases.yaml"
+RELEASE = "canarist"
+
+# The operator's API calls, and nothing else (see charts/canarist/templates/_helpers.tpl for why each).
+OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
+    ("canarist.dev", "canaryreleases"): {"get", "list", "watch", "patch", "update"},
+    ("canarist.dev", "canaryreleases/status"): {"get", "update", "patch"},
+    ("canarist.dev", "canaryreleases/finalizers"): {"update"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch"},
+    ("apps", "deployments/scale"): {"get", "update", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "update", "patch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+}
+# Read-only and cluster-wide, for kopf's own observation of the cluster (rbac.discovery).
+DISCOVERY_RULES_ALL_NAMESPACES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+DISCOVERY_RULES_WATCH_NAMESPACES = {**DISCOVERY_RULES_ALL_NAMESPACES, ("", "namespaces"): {"list", "watch"}}
+
+# What the operator must never be able to do, in any namespace it manages.
+FORBIDDEN_IN_WATCHED = [
+    ("get", "secrets", None), ("list", "secrets", None), ("watch", "secrets", None),
+    ("delete", "deployments.apps", None), ("deletecollection", "deployments.apps", None),
+    ("delete", "services", None), ("create", "canaryreleases.canarist.dev", None),
+    ("delete", "canaryreleases.canarist.dev", None), ("get", "configmaps", None), ("get", "pods", None),
+    ("create", "pods", None), ("create", "roles.rbac.authorization.k8s.io", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None), ("create", "serviceaccounts", None),
+    ("get", "deployments.apps", "status"),  # no subresource beyond scale
+    ("update", "canaryreleases.canarist.dev", "scale"),
+]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm_bin() -> list[str]:
+    """helm for offline commands (lint, template): no cluster needed, so no stack is started."""
+    return [str(ensure_binaries() / "helm")]
+
+
+def offline_helm(helm_bin: list[str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+           "HELM_CONFIG_HOME": str(tmp_path / "helm-config"), "HELM_DATA_HOME": str(tmp_path / "helm-data")}
+    return subprocess.run([*helm_bin, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def render(helm_bin, tmp_path, *values: str, namespace: str = "canarist-system") -> list[dict]:
+    result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--namespace", namespace, *values)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    present = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found among {present}"
+    return found[0]
+
+
+def component(docs: list[dict], kind: str, name: str) -> list[dict]:
+    return [d for d in of_kind(docs, kind)
+            if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == name]
+
+
+def rules_of(role: dict) -> dict[tuple[str, str], set[str]]:
+    """A (Cluster)Role's rules as {(apiGroup, resource): verbs}; wildcards and resourceNames fail."""
+    rules: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {role['metadata']['name']}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                rules.setdefault((group, resource), set()).update(rule["verbs"])
+    return rules
+
+
+def container(deployment: dict) -> dict:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def assert_hardened(deployment: dict) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+
+
+# -- offline: lint, template, schema, CRD ----------------------------------------------------------
+
+
+def test_helm_lint(helm_bin, tmp_path):
+    for values in ([], ["--set", "watchNamespaces={a,b}", "--set", "judge.enabled=false"],
+                   ["--set", "judge.llm.apiKeySecret.name=llm-key", "--set", "judge.persistence.enabled=false"]):
+        result = offline_helm(helm_bin, tmp_path, "lint", "--strict", str(CHART), *values)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 chart(s) failed" in result.stdout
+
+
+def test_chart_crd_is_a_copy_of_the_generated_crd():
+    # crds/ is generated from the pydantic models; the chart ships a copy that must not drift.
+    assert CHART_CRD.read_bytes() == REPO_CRD.read_bytes(), (
+        f"{CHART_CRD.relative_to(ROOT)} differs from {REPO_CRD.relative_to(ROOT)}: "
+        f"cp {REPO_CRD.relative_to(ROOT)} {CHART_CRD.relative_to(ROOT)}")
+    assert [p.name for p in CHART_CRD.parent.iterdir()] == [CHART_CRD.name]
+
+
+def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+
+    operator = one(docs, "Deployment", "canarist")
+    spec = operator["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    c = container(operator)
+    assert c["image"] == f"ghcr.io/canarist/canarist:{chart['appVersion']}"
+    assert c["command"] == ["kopf", "run", "-m", "canarist.handlers", "--standalone",
+                            "--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    env = env_of(c)
+    assert env["CANARIST_PROMETHEUS_URL"]["value"] == "http://prometheus-operated.monitoring:9090"
+    assert env["CANARIST_TICK_SECONDS"]["value"] == "5"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080}
+    assert_hardened(operator)
+    assert pod["serviceAccountName"] == "canarist"
+    one(docs, "ServiceAccount", "canarist")
+
+    cluster_role = one(docs, "ClusterRole", "canarist-canarist-system")
+    assert rules_of(cluster_role) == OPERATOR_RULES
+    binding = one(docs, "ClusterRoleBinding", "canarist-canarist-system")
+    assert binding["roleRef"]["name"] == "canarist-canarist-system"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "canarist", "namespace": "canarist-system"}]
+    discovery = one(docs, "ClusterRole", "canarist-canarist-system-discovery")
+    assert rules_of(discovery) == DISCOVERY_RULES_ALL_NAMESPACES
+    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
+
+    # The judge, on by default, with its own powerless identity.
+    judge = one(docs, "Deployment", "canarist-judge")
+    jc = container(judge)
+    assert jc["command"][:7] == ["canarist", "judge", "serve", "--listen", "0.0.0.0:8080", "--db", "/data/judge.db"]
+    args = jc["command"]
+    for flag in ("--sample-rate", "--llm-base-url", "--llm-model"):
+        assert args[args.index(flag) + 1]
+    assert "--llm-api-key-env" not in args  # no Secret named: no key
+    assert_hardened(judge)
+    jpod = judge["spec"]["template"]["spec"]
+    assert jpod["serviceAccountName"] == "canarist-judge" and jpod["automountServiceAccountToken"] is False
+    assert one(docs, "ServiceAccount", "canarist-judge")["automountServiceAccountToken"] is False
+    service = one(docs, "Service", "canarist-judge")
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8080, "http")]
+    assert service["spec"]["selector"] == judge["spec"]["selector"]["matchLabels"]
+    pvc = one(docs, "PersistentVolumeClaim", "canarist-judge-data")
+    volumes = {v["name"]: v for v in jpod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    # No RBAC is bound to the judge; the chart holds no Secret at all.
+    for b in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
+        assert all(s["name"] != "canarist-judge" for s in b["subjects"])
+    assert not of_kind(docs, "Secret")
+
+
+def test_template_watch_namespaces_gives_roles_in_each_and_no_cluster_role(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "watchNamespaces={a,b}", "--set", "judge.enabled=false")
+    c = container(one(docs, "Deployment", "canarist"))
+    assert c["command"][-2:] == ["--namespace=a", "--namespace=b"] and "--all-namespaces" not in c["command"]
+
+    roles = of_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    for role in roles:
+        assert rules_of(role) == OPERATOR_RULES
+    bindings = of_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
+    for b in bindings:
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canarist"}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "canarist", "namespace": "canarist-system"}]
+
+    # Nothing cluster-wide about workloads: the only ClusterRole is kopf's read-only discovery.
+    cluster_roles = of_kind(docs, "ClusterRole")
+    assert [r["metadata"]["name"] for r in cluster_roles] == ["canarist-canarist-system-discovery"]
+    assert rules_of(cluster_roles[0]) == DISCOVERY_RULES_WATCH_NAMESPACES
+
+    # With rbac.discovery=false the release has no cluster-scoped object at all.
+    docs = render(helm_bin, tmp_path, "--set", "watchNamespaces={a,b}", "--set", "judge.enabled=false",
+                  "--set", "rbac.discovery=false")
+    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    assert len(of_kind(docs, "Role")) == 2
+
+
+def test_template_judge_disabled(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "judge.enabled=false")
+    assert not component(docs, "Deployment", "judge") and not of_kind(docs, "Service")
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    assert [sa["metadata"]["name"] for sa in of_kind(docs, "ServiceAccount")] == ["canarist"]
+
+
+def test_template_judge_key_from_an_existing_secret_and_emptydir(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "judge.llm.apiKeySecret.name=llm-key",
+                  "--set", "judge.persistence.enabled=false", "--set", "judge.sampleRate=0.25",
+                  "--set", "judge.llm.model=gpt-4o-mini", "--set", "tickSeconds=0.5")
+    jc = container(one(docs, "Deployment", "canarist-judge"))
+    args = jc["command"]
+    assert args[args.index("--llm-api-key-env") + 1] == "CANARIST_JUDGE_LLM_API_KEY"
+    assert args[args.index("--sample-rate") + 1] == "0.25"
+    assert args[args.index("--llm-model") + 1] == "gpt-4o-mini"
+    assert env_of(jc)["CANARIST_JUDGE_LLM_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "llm-key", "key": "api-key"}}
+    volumes = {v["name"]: v for v in one(docs, "Deployment", "canarist-judge")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert not of_kind(docs, "PersistentVolumeClaim") and not of_kind(docs, "Secret")
+    assert env_of(container(one(docs, "Deployment", "canarist")))["CANARIST_TICK_SECONDS"]["value"] == "0.5"
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ('tickSeconds: "fast"', "/tickSeconds"),
+    ("tickSeconds: 0", "/tickSeconds"),
+    ("image: {repository: 3}", "/image/repository"),
+    ("watchNamespaces: [Team_A]", "/watchNamespaces/0"),
+    ("watchNamespaces: team-a", "/watchNamespaces"),
+    ("judge: {sampleRate: 1.5}", "/judge/sampleRate"),
+    ("judge: {llm: {baseUrl: ollama:11434}}", "/judge/llm/baseUrl"),
+    ("prometheus: {url: 9090}", "/prometheus/url"),
+    ("tickSecond: 5", "tickSecond"),  # a typo is not silently ignored
+])
+def test_bad_values_are_rejected_naming_the_field(helm_bin, tmp_path, values, field):
+    values_file = tmp_path / "bad.yaml"
+    values_file.write_text(values + "\n")
+    result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "-f", str(values_file))
+    assert result.returncode != 0, result.stdout
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert field in result.stderr, result.stderr
+
+
+# -- against the real cluster ------------------------------------------------------------------------
+
+
+def can_i(stack, sa: str, verb: str, resource: str, namespace: str | None,
+          subresource: str | None = None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
+    args += ["-n", namespace] if namespace else []
+    args += [f"--subresource={subresource}"] if subresource else []
+    result = stack.cluster.kubectl(*args, check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {result.stdout}{result.stderr}"
+    return answer == "yes"
+
+
+def as_resource(group: str, resource: str) -> tuple[str, str | None]:
+    """("apps", "deployments/scale") -> ("deployments.apps", "scale") for `kubectl auth can-i`."""
+    name, _, sub = resource.partition("/")
+    return (f"{name}.{group}" if group else name), (sub or None)
+
+
+def assert_operator_can(stack, sa: str, namespace: str | None) -> None:
+    denied = []
+    for (group, resource), verbs in OPERATOR_RULES.items():
+        kind, sub = as_resource(group, resource)
+        denied += [f"{verb} {resource}" for verb in sorted(verbs) if not can_i(stack, sa, verb, kind, namespace, sub)]
+    assert not denied, f"{sa} lacks in {namespace}: {denied}"
+
+
+def assert_operator_cannot_in(stack, sa: str, namespace: str) -> None:
+    allowed = [f"{verb} {kind}{'/' + sub if sub else ''}" for verb, kind, sub in FORBIDDEN_IN_WATCHED
+               if can_i(stack, sa, verb, kind, namespace, sub)]
+    assert not allowed, f"{sa} may in {namespace}: {allowed}"
+
+
+def assert_cannot_touch(stack, sa: str, namespace: str) -> None:
+    """Not one of the operator's rules holds in `namespace`."""
+    allowed = []
+    for (group, resource), verbs in OPERATOR_RULES.items():
+        kind, sub = as_resource(group, resource)
+        allowed += [f"{verb} {resource}" for verb in sorted(verbs) if can_i(stack, sa, verb, kind, namespace, sub)]
+    assert not allowed, f"{sa} may in {namespace}: {allowed}"
+
+
+def assert_cluster_wide_denied(stack, sa: str) -> None:
+    for verb, kind in [("list", "secrets"), ("create", "namespaces"), ("delete", "namespaces"), ("get", "nodes"),
+                       ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+                       ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+                       ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+                       ("impersonate", "serviceaccounts")]:
+        assert not can_i(stack, sa, verb, kind, None), f"{sa} may {verb} {kind} cluster-wide"
+
+
+def release_objects(stack, namespace: str) -> list[str]:
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    names = stack.cluster.kubectl("get", "deployments,replicasets,pods,serviceaccounts,services,"
+                                  "persistentvolumeclaims,roles,rolebindings", "-n", namespace,
+                                  "-l", selector, "-o", "name").stdout.split()
+    cluster_scoped = stack.cluster.kubectl("get", "clusterroles,clusterrolebindings", "-l", selector,
+                                           "-o", "name").stdout.split()
+    return names + [n for n in cluster_scoped if namespace in n]
+
+
+@pytest.fixture
+def other_namespace(kube_client):
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(kube_client)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"canarist.dev/test": "true"}}})
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.mark.cluster
+def test_bad_values_fail_helm_install_and_create_nothing(stack, namespace):
+    result = helm(stack, "install", RELEASE, str(CHART), "--namespace", namespace, "--skip-crds",
+                  "--set", "tickSeconds=fast", check=False)
+    assert result.returncode != 0 and "/tickSeconds" in result.stderr, result.stderr
+    assert helm(stack, "list", "--namespace", namespace, "-q").stdout.strip() == ""
+    assert release_objects(stack, namespace) == []
+
+
+@pytest.mark.cluster
+def test_install_in_watched_namespace_is_least_privilege_and_uninstalls_cleanly(stack, namespace):
+    install_chart(stack, namespace, RELEASE, "--set", f"watchNamespaces={{{namespace}}}")
+    try:
+        sa_name = operator_service_account(stack, namespace, RELEASE)
+        sa = f"system:serviceaccount:{namespace}:{sa_name}"
+        kubectl = stack.cluster.kubectl
+        kubectl("get", "serviceaccount", sa_name, "-n", namespace)
+        kubectl("get", "role", RELEASE, "-n", namespace)
+        kubectl("get", "rolebinding", RELEASE, "-n", namespace)
+        kubectl("get", "deployment", "canarist-judge", "-n", namespace)
+        kubectl("get", "service", "canarist-judge", "-n", namespace)
+        kubectl("get", "persistentvolumeclaim", "canarist-judge-data", "-n", namespace)
+        judge_sa = yaml.safe_load(kubectl("get", "serviceaccount", "canarist-judge", "-n", namespace, "-o",
+                                          "yaml").stdout)
+        assert judge_sa["automountServiceAccountToken"] is False
+        # kwok runs no containers but creates and readies pods: the pod spec passes the API server.
+        kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", namespace, "--timeout=90s")
+
+        assert_operator_can(stack, sa, namespace)
+        assert_operator_cannot_in(stack, sa, namespace)
+        for elsewhere in ("default", "kube-system", f"{namespace}-other"):
+            assert_cannot_touch(stack, sa, elsewhere)
+        assert_cluster_wide_denied(stack, sa)
+        # kopf's discovery: read-only, cluster-wide.
+        assert can_i(stack, sa, "list", "namespaces", None) and can_i(stack, sa, "watch", "namespaces", None)
+        assert not can_i(stack, sa, "get", "namespaces", None)
+        assert can_i(stack, sa, "watch", "customresourcedefinitions.apiextensions.k8s.io", None)
+
+        judge = f"system:serviceaccount:{namespace}:canarist-judge"
+        assert_cannot_touch(stack, judge, namespace)
+        for verb, kind in [("get", "secrets"), ("get", "configmaps"), ("get", "canaryreleases.canarist.dev"),
+                           ("list", "pods")]:
+            assert not can_i(stack, judge, verb, kind, namespace)
+    finally:
+        uninstall_chart(stack, namespace, RELEASE)
+
+    wait_until(lambda: release_objects(stack, namespace) == [], 90, "every object of the release to be gone")
+    assert helm(stack, "list", "--namespace", namespace, "-q").stdout.strip() == ""
+    assert not can_i(stack, sa, "get", "canaryreleases.canarist.dev", namespace)
+    assert not can_i(stack, sa, "list", "namespaces", None)
+
+
+@pytest.mark.cluster
+def test_install_watching_all_namespaces_uses_a_cluster_role(stack, namespace, other_namespace):
+    install_chart(stack, namespace, RELEASE, "--set", "judge.persistence.enabled=false",
+                  "--set", "judge.llm.apiKeySecret.name=judge-llm")
+    try:
+        sa = f"system:serviceaccount:{namespace}:{operator_service_account(stack, namespace, RELEASE)}"
+        name = f"{RELEASE}-{namespace}"
+        stack.cluster.kubectl("get", "clusterrole", name)
+        binding = yaml.safe_load(stack.cluster.kubectl("get", "clusterrolebinding", name, "-o", "yaml").stdout)
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": namespace}]
+        for deployment in (RELEASE, "canarist-judge"):
+            stack.cluster.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=90s")
+        assert stack.cluster.kubectl("get", "secrets", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}",
+                                     "-o", "name").stdout.strip() == ""
+
+        for ns in (namespace, other_namespace):
+            assert_operator_can(stack, sa, ns)
+            assert_operator_cannot_in(stack, sa, ns)
+        assert_cluster_wide_denied(stack, sa)
+        # --all-namespaces: kopf does not observe namespaces, so the chart does not grant it.
+        assert not can_i(stack, sa, "list", "namespaces", None)
+    finally:
+        uninstall_chart(stack, namespace, RELEASE)
+
+    wait_until(lambda: release_objects(stack, namespace) == [], 90, "every object of the release to be gone")
+    assert not can_i(stack, sa, "get", "deployments.apps", other_namespace)

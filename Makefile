@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo deps binaries prometheus unit crds stack-down clean help
+.PHONY: test demo stack deps binaries prometheus unit crds stack-down clean help
 
 help:
 	@echo "make test   - set everything up (Python deps, cluster binaries, Prometheus) and run every test"
-	@echo "make demo   - bring up the local stack (cluster + Prometheus) and keep it until Ctrl-C"
+	@echo "make demo   - two real releases on the local stack: one promoted, one rolled back by the judge; writes a PNG"
+	@echo "make stack  - only the local stack (cluster + Prometheus), kept until Ctrl-C"
 	@echo "make unit   - only the fast unit tests"
 
 ## test: set-up included, then every test; fails if any process of the stack survives.
@@ -20,7 +21,10 @@ unit: deps
 	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
 
 demo: deps binaries prometheus
-	$(PY) -m canarist.devstack up --name canarist-demo
+	$(PY) -m canarist.devstack.demo
+
+stack: deps binaries prometheus
+	$(PY) -m canarist.devstack up --name canarist-stack
 
 deps: $(VENV)/.installed
 
@@ -44,6 +48,7 @@ prometheus:
 
 stack-down: deps
 	$(PY) -m canarist.devstack down --name canarist-demo
+	$(PY) -m canarist.devstack down --name canarist-stack
 	$(PY) -m canarist.devstack down --name canarist-test
 
 clean:

@@ -10,7 +10,7 @@ import pytest
 from canarist.devstack.demoapp import DemoApp
 from canarist.devstack.traffic import TrafficDriver
 
-from .chart_identity import install_chart, operator_kubeconfig, uninstall_chart
+from canarist.devstack.chart import install_chart, operator_kubeconfig, uninstall_chart
 from .harness import Cluster, OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,56 +1,20 @@
-"""Helpers for end-to-end rollouts: the operator as a process, CanaryRelease objects, route watching."""
+"""Helpers for end-to-end rollouts: CanaryRelease objects, cluster reads, route watching."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import kubernetes
 
 from canarist.api.crd import GROUP, PLURAL, VERSION
-from canarist.devstack.procs import start_process, stop_process_group, wait_until
+from canarist.devstack.operator_process import OperatorProcess  # noqa: F401 - re-exported for tests
+from canarist.devstack.procs import wait_until
 
 ERROR_RATE = ('sum(rate(http_requests_total{namespace="{{ namespace }}",deployment="{{ canary }}",code=~"5.."}[15s]))'
               ' / sum(rate(http_requests_total{namespace="{{ namespace }}",deployment="{{ canary }}"}[15s]))')
 REQUESTS = 'sum(increase(http_requests_total{namespace="{{ namespace }}",deployment="{{ canary }}"}[15s]))'
-
-
-@dataclass
-class OperatorProcess:
-    """`kopf run -m canarist.handlers`, as a user runs it, watching one namespace."""
-
-    kubeconfig: Path
-    namespace: str
-    prometheus_url: str
-    log_path: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> "OperatorProcess":
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "CANARIST_TICK_SECONDS": "0.5",
-               "CANARIST_PROMETHEUS_URL": self.prometheus_url}
-        self.proc = start_process([sys.executable, "-m", "kopf", "run", "-m", "canarist.handlers", "--standalone",
-                                   "--namespace", self.namespace], self.log_path, env=env)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no goodbye — like a node dying under the operator."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop_process_group(self.proc.pid, grace=5)
-            self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
 
 
 def deployment(name: str, image: str, replicas: int = 2) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.devstack.procs import wait_until
 
-from .chart_identity import install_chart, operator_kubeconfig, uninstall_chart
+from canarist.devstack.chart import install_chart, operator_kubeconfig, uninstall_chart
 from .harness import Cluster, OperatorProcess, canary_release, deployment
 
 pytestmark = pytest.mark.cluster

@@ -16,7 +16,8 @@ import yaml
 
 from canarist.devstack.binaries import ensure_binaries
 from canarist.devstack.procs import wait_until
-from tests.e2e.chart_identity import CHART, ROOT, helm, install_chart, operator_service_account, uninstall_chart
+from canarist.devstack.binaries import REPO_ROOT as ROOT
+from canarist.devstack.chart import CHART, helm, install_chart, operator_service_account, uninstall_chart
 
 REPO_CRD = ROOT / "crds" / "canarist.dev_canaryreleases.yaml"
 CHART_CRD = CHART / "crds" / "canarist.dev_canaryreleases.yaml"

@@ -139,14 +139,15 @@ def test_start_failure_is_reported_and_leaves_nothing(tmp_path):
     assert "errorRate must be within" in "".join(failed.value.__notes__)
 
 
-def test_process_exits_when_its_parent_is_killed(tmp_path):
-    # A test run killed with SIGKILL cannot stop its demoapps: they must notice and exit by themselves.
+@pytest.mark.parametrize("module, cls", [("demoapp", "DemoApp"), ("scripted_llm", "ScriptedLLM")])
+def test_process_exits_when_its_parent_is_killed(tmp_path, module, cls):
+    # A test run killed with SIGKILL cannot stop its servers: they must notice and exit by themselves.
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from canarist.devstack.demoapp import DemoApp
-        app = DemoApp.start("web", "canary", workdir=Path({str(tmp_path / 'orphan')!r}))
-        print(app.pid, flush=True)
+        from canarist.devstack.{module} import {cls}
+        server = {cls}.start(workdir=Path({str(tmp_path / 'orphan')!r}))
+        print(server.pid, flush=True)
         time.sleep(600)
     """)], stdout=subprocess.PIPE, text=True)
     child = 0
@@ -155,7 +156,7 @@ def test_process_exits_when_its_parent_is_killed(tmp_path):
         assert pid_alive(child)
         parent.kill()
         parent.wait()
-        wait_until(lambda: not pid_alive(child), 10, "the orphaned demoapp to exit")
+        wait_until(lambda: not pid_alive(child), 10, f"the orphaned {module} to exit")
     finally:
         parent.kill()
         parent.wait()

@@ -8,16 +8,13 @@ import logging
 import os
 import pickle
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 import traceback
 
 import pytest
 from aiohttp import web
 
-from canarist.devstack.procs import free_port, pid_alive, stop_process_group, wait_until
+from canarist.devstack.procs import free_port, pid_alive, wait_until
 from canarist.devstack.scripted_llm import SCORE_CORRECT, SCORE_WRONG, ScriptedLLM
 from canarist.judge.llm import LLMClient, load_api_key
 from canarist.judge.prompts import build_compare_messages, build_score_messages
@@ -377,25 +374,4 @@ def test_stops_on_sigterm_and_frees_its_workdir(tmp_path):
     started.stop()  # idempotent
 
 
-def test_process_exits_when_its_parent_is_killed(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        from canarist.devstack.scripted_llm import ScriptedLLM
-        llm = ScriptedLLM.start(workdir=Path({str(tmp_path / 'orphan')!r}))
-        print(llm.pid, flush=True)
-        time.sleep(600)
-    """)], stdout=subprocess.PIPE, text=True)
-    child = 0
-    try:
-        child = int(parent.stdout.readline())
-        assert pid_alive(child)
-        parent.kill()
-        parent.wait()
-        wait_until(lambda: not pid_alive(child), 10, "the orphaned scripted_llm to exit")
-    finally:
-        parent.kill()
-        parent.wait()
-        parent.stdout.close()
-        if child and pid_alive(child):
-            stop_process_group(child, grace=1)
+# That it exits by itself when its parent is killed: test_demoapp.py, for both DemoApp and ScriptedLLM.

@@ -23,28 +23,24 @@ so they cannot dilute an error rate.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ..judge.reporter import JudgeReporter
-from .procs import pid_alive, start_process, stop_process_group, wait_until
+from .localproc import LocalServerProcess, exit_with_parent, make_workdir, write_port_file
+from .procs import start_process
 
 # Prometheus client libraries' default buckets: fine enough for both 5ms and 2s answers.
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -313,19 +309,6 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per request would drown the log the tests keep
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Exit when `parent_pid` is gone, even if it died by SIGKILL and never stopped us."""
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def _write_port_file(path: Path, port: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n")
-    tmp.replace(path)  # atomic, so the parent never reads half a number
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m canarist.devstack.demoapp", description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="web")
@@ -363,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     server = DemoServer(args.port, name=args.name, variant=args.variant, revision=args.revision,
                         deployment=deployment, behaviour=behaviour, reporter=reporter)
     if args.parent_pid:
-        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
+        threading.Thread(target=exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 
     def _terminate(*_) -> None:
         # shutdown() blocks until serve_forever returns, so it must not run on the serving thread.
@@ -373,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _terminate)
     port = server.server_address[1]
     if args.port_file:
-        _write_port_file(args.port_file, port)
+        write_port_file(args.port_file, port)
     print(f"demoapp {args.name} {args.variant} {args.revision} deployment={deployment} on 127.0.0.1:{port}"
           + (f", reporting to {reporter.url} as {args.release}" if reporter else ""), flush=True)
     try:
@@ -388,21 +371,9 @@ def main(argv: list[str] | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Running it from tests
 
-# Direct connections only: an http_proxy in the environment must not capture loopback calls.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-# Stopped at interpreter exit should a test forget; `--parent-pid` covers the parent being killed.
-_RUNNING: set["DemoApp"] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for app in list(_RUNNING):
-        app.stop()
-
 
 @dataclass(eq=False)
-class DemoApp:
+class DemoApp(LocalServerProcess):
     """A demoapp process started by `DemoApp.start`; `stop()` (or `with`) ends its process group."""
 
     name: str
@@ -413,6 +384,8 @@ class DemoApp:
     workdir: Path
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _owns_workdir: bool = field(default=True, repr=False)
+
+    LOG = "demoapp.log"
 
     @classmethod
     def start(cls, name: str = "web", variant: str = "primary", revision: str = "v1", *,
@@ -430,13 +403,8 @@ class DemoApp:
         if (judge_url is None) != (release is None):
             raise ValueError("judge_url and release go together")
         deployment = deployment or (f"{name}-primary" if variant == "primary" else name)
-        if workdir is None:
-            workdir, owns = Path(tempfile.mkdtemp(prefix=f"canarist-demoapp-{deployment}-")), True
-        else:
-            workdir, owns = Path(workdir), not Path(workdir).exists()
-            workdir.mkdir(parents=True, exist_ok=True)
-        port_file = workdir / "port"
-        port_file.unlink(missing_ok=True)
+        workdir, owns = make_workdir(workdir, f"canarist-demoapp-{deployment}-")
+        port_file = cls._fresh_port_file(workdir)
         argv = [
             sys.executable, "-m", "canarist.devstack.demoapp",
             "--name", name, "--variant", variant, "--revision", revision, "--deployment", deployment,
@@ -450,53 +418,17 @@ class DemoApp:
             argv += ["--wrong-rate", repr(float(wrong_rate))]
         if judge_url is not None or release is not None:
             argv += ["--judge-url", str(judge_url or ""), "--release", str(release or "")]
-        app = cls(name, variant, revision, deployment, 0, workdir, start_process(argv, workdir / "demoapp.log"), owns)
-        _RUNNING.add(app)
-        try:
-            app.port = app._wait_for_port(port_file, timeout)
-            wait_until(app.healthy, timeout, f"demoapp {deployment} to answer /healthz")
-        except BaseException as exc:
-            exc.add_note(f"demoapp log: {app.log_tail()}")
-            app.stop()
-            raise
-        return app
-
-    def _wait_for_port(self, port_file: Path, timeout: float) -> int:
-        def port_or_exit() -> int | bool:
-            if self._proc is None or self._proc.poll() is not None:
-                return True  # exited: stop waiting, reported below
-            return int(port_file.read_text()) if port_file.exists() else 0
-
-        found = wait_until(port_or_exit, timeout, f"demoapp {self.deployment} to write {port_file}", interval=0.05)
-        if found is True:
-            raise RuntimeError(f"demoapp {self.deployment} exited with {self._proc.returncode}")
-        return int(found)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return (self.workdir / "demoapp.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        app = cls(name, variant, revision, deployment, 0, workdir, start_process(argv, workdir / cls.LOG), owns)
+        return app._until_ready(port_file, timeout)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _label(self) -> str:
+        return f"demoapp {self.deployment}"
 
     @property
     def metrics_address(self) -> str:
         """host:port, as a Prometheus scrape target."""
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and pid_alive(self._proc.pid)
-
-    def healthy(self) -> bool:
-        return self._call("GET", "/healthz")[0] == 200
 
     def configure(self, error_rate: float | None = None, latency_ms: float | None = None,
                   wrong_rate: float | None = None) -> dict[str, float]:
@@ -506,7 +438,7 @@ class DemoApp:
                                     ("wrongRate", wrong_rate)) if v is not None}
         code, body = self._call("POST", "/admin/config", json.dumps(change).encode())
         if code != 200:
-            raise ValueError(f"demoapp {self.deployment} refused {change}: {body.decode(errors='replace')}")
+            raise ValueError(f"{self._label} refused {change}: {body.decode(errors='replace')}")
         return json.loads(body)
 
     def ask(self, question: str = "ping") -> tuple[int, dict]:
@@ -517,33 +449,8 @@ class DemoApp:
     def metrics_text(self) -> str:
         code, body = self._call("GET", "/metrics")
         if code != 200:
-            raise RuntimeError(f"demoapp {self.deployment} /metrics answered {code}")
+            raise RuntimeError(f"{self._label} /metrics answered {code}")
         return body.decode()
-
-    def _call(self, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with _OPENER.open(request, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def stop(self) -> None:
-        """Stop the process group (SIGTERM, then SIGKILL) and remove the work directory. Idempotent."""
-        if self._proc is not None:
-            stop_process_group(self._proc.pid, grace=5.0)
-            self._proc.poll()  # let Popen see the exit, so it does not warn about a live child
-            self._proc = None
-        _RUNNING.discard(self)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "DemoApp":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

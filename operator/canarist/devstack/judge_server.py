@@ -5,32 +5,35 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import start_process, stop_process_group, wait_until
+from .localproc import LocalServerProcess
+from .procs import start_process
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
 
+@dataclass(eq=False)
+class JudgeServer(LocalServerProcess):
+    """A judge process started by `JudgeServer.start`; `stop()` ends it. Its work directory (the
+    database, the log) is kept."""
 
-@dataclass
-class JudgeServer:
     workdir: Path
     proc: subprocess.Popen
     port: int
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    LOG = "judge.log"
+    PORT_FILE = "judge.port"
+    STOP_GRACE = 10.0
+
+    def __post_init__(self) -> None:
+        self._proc, self._owns_workdir = self.proc, False
 
     @classmethod
     def start(cls, workdir: Path, llm_base_url: str, *, sample_rate: float = 1.0, model: str = "scripted-judge",
               api_key: str | None = None, extra: tuple[str, ...] = ()) -> "JudgeServer":
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        port_file = workdir / "judge.port"
-        port_file.unlink(missing_ok=True)
+        port_file = cls._fresh_port_file(workdir)
         script = Path(sys.executable).parent / "canarist"
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "canarist.cli.main"]
         argv += ["judge", "serve", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
@@ -40,28 +43,8 @@ class JudgeServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CANARIST_JUDGE_")}
         if api_key is not None:
             env["OPENAI_API_KEY"] = api_key
-        proc = start_process(argv, workdir / "judge.log", env=env)
-        try:
-            port = wait_until(lambda: proc.poll() is None and port_file.exists() and int(port_file.read_text()), 30,
-                              f"the judge to write its port file (log: {workdir / 'judge.log'})")
-            server = cls(workdir, proc, port)
-            wait_until(server.healthy, 10, "the judge's /healthz")
-        except BaseException:
-            stop_process_group(proc.pid, grace=5)
-            raise
-        return server
-
-    def healthy(self) -> bool:
-        with _OPENER.open(self.url + "/healthz", timeout=2) as response:
-            return response.status == 200
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            stop_process_group(self.proc.pid, grace=10)
-        self.proc.wait()
+        server = cls(workdir, start_process(argv, workdir / cls.LOG, env=env), 0)
+        return server._until_ready(port_file, 30)
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return (self.workdir / "judge.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return super().log_tail(chars)

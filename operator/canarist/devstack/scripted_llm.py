@@ -35,21 +35,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unicodedata
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +59,8 @@ from canarist.judge.prompts import (
     block_pattern,
 )
 
-from .procs import pid_alive, start_process, stop_process_group, wait_until
+from .localproc import LocalServerProcess, exit_with_parent, make_workdir, write_port_file
+from .procs import start_process
 
 API_KEY_ENV = "SCRIPTED_LLM_API_KEY"
 SCORE_CORRECT = 0.95
@@ -430,19 +426,6 @@ def make_app(behaviour: Behaviour, api_key: str | None = None):
     return app
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Exit when `parent_pid` is gone, even if it died by SIGKILL and never stopped us."""
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def _write_port_file(path: Path, port: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n")
-    tmp.replace(path)
-
-
 async def _serve(port: int, port_file: Path | None, behaviour: Behaviour, api_key: str | None) -> None:
     from aiohttp import web
 
@@ -456,7 +439,7 @@ async def _serve(port: int, port_file: Path | None, behaviour: Behaviour, api_ke
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if port_file:
-        _write_port_file(port_file, bound)
+        write_port_file(port_file, bound)
     print(f"scripted_llm on 127.0.0.1:{bound}" + (" (API key required)" if api_key else ""), flush=True)
     try:
         await stop.wait()
@@ -482,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     if args.parent_pid:
-        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
+        threading.Thread(target=exit_with_parent, args=(args.parent_pid,), daemon=True).start()
     api_key = os.environ.get(API_KEY_ENV) or None
     asyncio.run(_serve(args.port, args.port_file, behaviour, api_key))
 
@@ -490,18 +473,9 @@ def main(argv: list[str] | None = None) -> None:
 # =============================================================================================
 # Running it from tests
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_RUNNING: set["ScriptedLLM"] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for llm in list(_RUNNING):
-        llm.stop()
-
 
 @dataclass(eq=False)
-class ScriptedLLM:
+class ScriptedLLM(LocalServerProcess):
     """A scripted_llm process started by `ScriptedLLM.start`; `stop()` (or `with`) ends its process group.
 
     `url` is its root; pass `base_url` (`url + "/v1"`, as for OpenAI) or `url` to an LLMClient.
@@ -512,6 +486,8 @@ class ScriptedLLM:
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _owns_workdir: bool = field(default=True, repr=False)
 
+    LOG = "scripted_llm.log"
+
     @classmethod
     def start(cls, *, latency_ms: float = 0.0, fail_rate: float = 0.0, seed: int | None = None,
               api_key: str | None = None, workdir: Path | None = None, timeout: float = 30.0) -> "ScriptedLLM":
@@ -520,13 +496,8 @@ class ScriptedLLM:
         `api_key`, if given, is demanded of clients; it is passed through the environment, never
         on the command line.
         """
-        if workdir is None:
-            workdir, owns = Path(tempfile.mkdtemp(prefix="canarist-scripted-llm-")), True
-        else:
-            workdir, owns = Path(workdir), not Path(workdir).exists()
-            workdir.mkdir(parents=True, exist_ok=True)
-        port_file = workdir / "port"
-        port_file.unlink(missing_ok=True)
+        workdir, owns = make_workdir(workdir, "canarist-scripted-llm-")
+        port_file = cls._fresh_port_file(workdir)
         argv = [sys.executable, "-m", "canarist.devstack.scripted_llm", "--port", "0", "--port-file", str(port_file),
                 "--latency-ms", repr(float(latency_ms)), "--fail-rate", repr(float(fail_rate)),
                 "--parent-pid", str(os.getpid())]
@@ -535,52 +506,12 @@ class ScriptedLLM:
         env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
         if api_key is not None:
             env[API_KEY_ENV] = api_key
-        llm = cls(0, workdir, start_process(argv, workdir / "scripted_llm.log", env=env), owns)
-        _RUNNING.add(llm)
-        try:
-            llm.port = llm._wait_for_port(port_file, timeout)
-            wait_until(llm.healthy, timeout, "scripted_llm to answer /healthz")
-        except BaseException as exc:
-            exc.add_note(f"scripted_llm log: {llm.log_tail()}")
-            llm.stop()
-            raise
-        return llm
-
-    def _wait_for_port(self, port_file: Path, timeout: float) -> int:
-        def port_or_exit() -> int | bool:
-            if self._proc is None or self._proc.poll() is not None:
-                return True
-            return int(port_file.read_text()) if port_file.exists() else 0
-
-        found = wait_until(port_or_exit, timeout, f"scripted_llm to write {port_file}", interval=0.05)
-        if found is True:
-            raise RuntimeError(f"scripted_llm exited with {self._proc.returncode}")
-        return int(found)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return (self.workdir / "scripted_llm.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        llm = cls(0, workdir, start_process(argv, workdir / cls.LOG, env=env), owns)
+        return llm._until_ready(port_file, timeout)
 
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and pid_alive(self._proc.pid)
-
-    def healthy(self) -> bool:
-        return self._call("GET", "/healthz")[0] == 200
 
     def configure(self, **change: Any) -> dict[str, Any]:
         """Change the injected behaviour now: latency_ms, fail_rate, fail_status, fail_next,
@@ -606,31 +537,6 @@ class ScriptedLLM:
         if code != 200:
             raise RuntimeError(f"scripted_llm /admin/stats answered {code}")
         return json.loads(body)
-
-    def _call(self, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with _OPENER.open(request, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def stop(self) -> None:
-        """Stop the process group (SIGTERM, then SIGKILL) and remove the work directory. Idempotent."""
-        if self._proc is not None:
-            stop_process_group(self._proc.pid, grace=5.0)
-            self._proc.poll()
-            self._proc = None
-        _RUNNING.discard(self)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "ScriptedLLM":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

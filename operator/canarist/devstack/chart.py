@@ -1,8 +1,8 @@
-"""The operator's identity as the Helm chart creates it: install the chart, then act as its ServiceAccount.
+"""The Helm chart on the local stack, and the operator's identity as the chart creates it.
 
-End-to-end tests run the operator process with `operator_kubeconfig(...)`, so it authenticates
-with the chart's ServiceAccount and gets exactly the chart's RBAC: a permission the operator
-needs and the chart does not grant fails the test (the admin kubeconfig would hide it).
+The end-to-end tests and the demo run the operator process with `operator_kubeconfig(...)`, so it
+authenticates with the chart's ServiceAccount and gets exactly the chart's RBAC: a permission the
+operator needs and the chart does not grant fails (the admin kubeconfig would hide it).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "canarist"
+from .binaries import REPO_ROOT
+
+CHART = REPO_ROOT / "charts" / "canarist"
 CRD_NAME = "canaryreleases.canarist.dev"
 TOKEN_DURATION = "2h"
 

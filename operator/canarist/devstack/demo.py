@@ -1,0 +1,230 @@
+"""`make demo`: two real releases on the embedded local stack, watched in the terminal.
+
+The local stack (kube-apiserver with simulated nodes, Prometheus), the judge service with a
+scripted LLM, canarist installed with Helm and run with the chart's ServiceAccount, stand-in
+processes for the stable and canary versions of an AI service with traffic following the
+HTTPRoute. Release 1 is good and is promoted step by step; release 2 gives worse answers (no
+errors, no latency change) and the judge gate rolls it back. A timeline PNG is written at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+
+import kubernetes
+
+from canarist.api.crd import GROUP, PLURAL, VERSION
+from canarist.cli.releases import steps_bar
+
+from .chart import install_chart, operator_kubeconfig
+from .demoapp import DemoApp
+from .judge_server import JudgeServer
+from .operator_process import OperatorProcess
+from .procs import wait_until
+from .scripted_llm import ScriptedLLM
+from .stack import LocalStack
+from .timeline import Timeline
+from .traffic import TrafficDriver, arithmetic_questions
+
+NAMESPACE = "demo"
+APP = "support-bot"
+STEPS = [5, 20, 50, 100]
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def canary_release(judge_url: str, interval: str) -> dict:
+    rate = (f'sum(rate(http_requests_total{{namespace="{{{{ namespace }}}}",deployment="{{{{ canary }}}}"{{sel}}}}[20s]))')
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "CanaryRelease", "metadata": {"name": APP},
+        "spec": {
+            "targetRef": {"name": APP}, "service": {"port": 8080},
+            "routing": {"gatewayAPI": {"parentRefs": [{"name": "public-gateway", "namespace": "infra"}],
+                                       "hostnames": ["bot.demo.test"]}},
+            "steps": STEPS,
+            "analysis": {
+                "interval": interval, "failureLimit": 1,
+                "metrics": [{"name": "error-rate", "max": 0.02, "prometheus": {
+                    "query": rate.replace("{sel}", ',code=~"5.."') + " / " + rate.replace("{sel}", "")}}],
+                "judge": {"url": judge_url, "minScore": 0.8, "maxRegression": 0.1, "minSamples": 10,
+                          "timeout": "3s"},
+            },
+        },
+    }
+
+
+def deployment(image: str) -> dict:
+    return {"metadata": {"name": APP}, "spec": {
+        "replicas": 3, "selector": {"matchLabels": {"app": APP}},
+        "template": {"metadata": {"labels": {"app": APP}}, "spec": {"containers": [
+            {"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}}}}
+
+
+class Demo:
+    def __init__(self, stack: LocalStack, judge: JudgeServer, api: kubernetes.client.ApiClient,
+                 apps: dict[str, DemoApp]) -> None:
+        self.stack, self.judge, self.api, self.apps = stack, judge, api, apps
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.apps_api = kubernetes.client.AppsV1Api(api)
+        self.timeline = Timeline()
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+
+    def status(self) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, APP).get("status") or {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- the timeline, sampled in the background -----------------------------------------------
+
+    def record(self) -> None:
+        deadline = time.monotonic() + 1800  # bounded even if the demo is left running
+        while not self._stop.wait(1.0) and time.monotonic() < deadline:
+            try:
+                status = self.status()
+                rolling = status.get("phase") in ("Progressing", "Paused", "Promoting")
+                checks = {c["name"]: c for c in status.get("lastChecks", [])} if rolling else {}
+                self.timeline.add(self.elapsed(), status.get("canaryWeight", 0),
+                                  checks.get("error-rate", {}).get("value"),
+                                  checks.get("judge-score", {}).get("value"))
+            except Exception:  # a missed sample is fine; the picture is a summary
+                pass
+
+    # -- one release -------------------------------------------------------------------------
+
+    def release(self, image: str, title: str, timeout: float) -> dict:
+        say(f"\n=== {title}: kubectl set image deployment/{APP} app={image}")
+        self.apps_api.patch_namespaced_deployment(APP, NAMESPACE, {"spec": {"template": {"spec": {
+            "containers": [{"name": "app", "image": image}]}}}})
+        self.timeline.mark(self.elapsed(), f"release {image.rsplit(':', 1)[-1]}", "tab:gray", height=88)
+        last, seen_rollout, deadline = None, False, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            phase = status.get("phase")
+            seen_rollout = seen_rollout or phase in ("Progressing", "Promoting")
+            checks = "  ".join(f"{c['name']}={'-' if c.get('value') is None else round(c['value'], 3)}"
+                               for c in status.get("lastChecks", []))
+            line = (f"{phase or '-':<12} canary {status.get('canaryWeight', 0):>3}%  {steps_bar(status):<40} "
+                    f"{checks}")
+            if line != last:
+                say(f"[{self.elapsed():6.1f}s] {line}")
+                last = line
+            if seen_rollout and phase in ("Succeeded", "RolledBack"):
+                say(f"  -> {status.get('message')}")
+                return status
+            time.sleep(0.5)
+        raise TimeoutError(f"{title} did not finish within {timeout:.0f}s; status: {self.status()}")
+
+
+def run(output: Path, fast: bool) -> Path:
+    interval = "3s" if fast else "5s"
+    workdir = Path(tempfile.mkdtemp(prefix="canarist-demo-"))
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        say("canarist demo: starting the local stack (kube-apiserver, etcd, scheduler, controller-manager,")
+        say("kwok-simulated nodes, Prometheus); the first run builds the cluster binaries from Go modules...")
+        stack = cleanup.enter_context(LocalStack("canarist-demo", nodes=2))
+        say(f"  cluster up: export KUBECONFIG={stack.kubeconfig}")
+        llm = cleanup.enter_context(ScriptedLLM.start(workdir=workdir / "llm"))
+        judge = JudgeServer.start(workdir / "judge", llm.base_url, sample_rate=1.0)
+        cleanup.callback(judge.stop)
+        say(f"  judge service on {judge.url} (its LLM: a scripted OpenAI-compatible server on {llm.url})")
+
+        kubectl = stack.cluster.kubectl
+        for ns in (NAMESPACE, "canarist-system"):
+            kubectl("create", "namespace", ns)
+        install_chart(stack, "canarist-system", "canarist", "--set", f"watchNamespaces={{{NAMESPACE}}}",
+                      "--set", "judge.enabled=false")
+        say("  helm install canarist charts/canarist -n canarist-system (RBAC for namespace 'demo')")
+        operator = OperatorProcess(operator_kubeconfig(stack, "canarist-system", "canarist"), NAMESPACE,
+                                   stack.prometheus.url, workdir / "operator.log", tick_seconds=1).start()
+        cleanup.callback(operator.stop)
+        say("  operator: kopf run -m canarist.handlers, authenticated as the chart's ServiceAccount")
+
+        api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
+        release = f"{NAMESPACE}/{APP}"
+        apps = {variant: DemoApp.start(APP, variant, "v1", judge_url=judge.url, release=release, seed=i,
+                                       workdir=workdir / variant)
+                for i, variant in enumerate(("primary", "canary"))}
+        for app in apps.values():
+            cleanup.callback(app.stop)
+            stack.prometheus.add_target(app.metrics_address, {"namespace": NAMESPACE})
+        kubernetes.client.AppsV1Api(api).create_namespaced_deployment(NAMESPACE, deployment("registry.demo/bot:v1"))
+        custom = kubernetes.client.CustomObjectsApi(api)
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, canary_release(judge.url, interval))
+        demo = Demo(stack, judge, api, apps)
+        wait_until(lambda: demo.status().get("phase") == "Idle", 90, "the CanaryRelease to initialize")
+        say(f"  CanaryRelease {release}: primary created, all traffic on it; steps {STEPS}, gates: error rate "
+            "<= 2%, judge score >= 0.8, regression <= 0.1")
+        traffic = TrafficDriver(api, NAMESPACE, APP, {f"{APP}-primary": apps["primary"].url,
+                                                      f"{APP}-canary": apps["canary"].url},
+                                rps=25, poll_interval=0.5, questions=arithmetic_questions(60))
+        traffic.start()
+        cleanup.callback(traffic.stop)
+        recorder = threading.Thread(target=demo.record, daemon=True)
+        recorder.start()
+        cleanup.callback(demo._stop.set)
+        say("  traffic: 25 requests/s of arithmetic questions, split by the HTTPRoute's weights")
+
+        first = demo.release("registry.demo/bot:v2", "release 1 (good answers)", 240)
+        if first.get("phase") == "Succeeded":
+            demo.timeline.mark(demo.elapsed(), "promoted", "tab:green")
+        apps["canary"].configure(wrong_rate=0.6)  # v3 answers 60% of questions wrongly, still 200 OK
+        second = demo.release("registry.demo/bot:v3", "release 2 (answers degrade; HTTP 200, same latency)", 240)
+        if second.get("phase") == "RolledBack":
+            demo.timeline.mark(demo.elapsed(), "rolled back", "tab:red")
+        time.sleep(2)
+        demo._stop.set()
+        recorder.join(5)
+        png = demo.timeline.render(output, "canarist demo: a good release promoted, a worse one rolled back by the judge")
+        say(f"\nrelease 1: {first.get('phase')}; release 2: {second.get('phase')}")
+        say(f"  {second.get('message')}")
+        failed = _export_count(judge.url, release)
+        say(f"  the judge kept {failed} failed answers as eval cases: "
+            f"curl '{judge.url}/v1/export?release={release}'  (while the demo runs)")
+        say(f"\ntimeline written to {png.resolve()}")
+        say("stopping everything...")
+        if first.get("phase") != "Succeeded" or second.get("phase") != "RolledBack":
+            raise SystemExit(f"unexpected outcome; operator log:\n{operator.log()}")
+    say("done: nothing of the demo is left running.")
+    return output
+
+
+def _export_count(judge_url: str, release: str) -> int:
+    url = f"{judge_url}/v1/export?" + urllib.parse.urlencode({"release": release})
+    with _OPENER.open(url, timeout=10) as response:
+        return sum(1 for line in response.read().splitlines() if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m canarist.devstack.demo", description=__doc__)
+    parser.add_argument("--output", type=Path, default=Path("demo-output/canarist-demo-timeline.png"))
+    parser.add_argument("--fast", action="store_true", help="shorter analysis intervals (used by the tests)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        run(args.output, args.fast)
+    except KeyboardInterrupt:
+        say("\ninterrupted: everything was stopped.")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

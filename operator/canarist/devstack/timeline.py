@@ -1,0 +1,61 @@
+"""The demo's timeline picture: canary weight, canary error rate and judge score over time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Timeline:
+    """Samples taken about once a second while the demo runs; `marks` are labelled moments."""
+
+    t: list[float] = field(default_factory=list)
+    weight: list[float] = field(default_factory=list)
+    error_rate: list[float | None] = field(default_factory=list)
+    judge_score: list[float | None] = field(default_factory=list)
+    marks: list[tuple[float, str, str, float]] = field(default_factory=list)  # (t, label, colour, height)
+
+    def add(self, t: float, weight: float, error_rate: float | None, judge_score: float | None) -> None:
+        self.t.append(t)
+        self.weight.append(weight)
+        self.error_rate.append(error_rate)
+        self.judge_score.append(judge_score)
+
+    def mark(self, t: float, label: str, colour: str = "tab:gray", height: float = 100) -> None:
+        self.marks.append((t, label, colour, height))
+
+    def render(self, path: Path, title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+
+        fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), height_ratios=[1.2, 1])
+        top.step(self.t, self.weight, where="post", color="tab:orange", linewidth=2)
+        top.fill_between(self.t, self.weight, step="post", color="tab:orange", alpha=0.15)
+        top.set_ylabel("canary weight (%)")
+        top.set_ylim(0, 105)
+        top.set_title(title)
+
+        def gaps(values):  # NaN breaks the line where there was no rollout to measure
+            return [float("nan") if v is None else v for v in values]
+
+        bottom.plot(self.t, gaps(self.judge_score), "o-", color="tab:blue", markersize=3,
+                    label="judge score (canary mean)")
+        bottom.plot(self.t, gaps(self.error_rate), "s-", color="tab:red", markersize=3, label="error rate (canary)")
+        bottom.set_ylim(-0.05, 1.05)
+        bottom.set_xlabel("seconds since the demo started")
+        bottom.legend(loc="lower left")
+        for t, label, colour, height in self.marks:
+            for axis in (top, bottom):
+                axis.axvline(t, color=colour, linestyle="--", linewidth=1.2)
+            top.annotate(label, (t, height), xytext=(4, -14), textcoords="offset points", color=colour,
+                         fontsize=9, fontweight="bold")
+        for axis in (top, bottom):
+            axis.grid(alpha=0.3)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

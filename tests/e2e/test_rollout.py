@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import datetime
 
@@ -31,7 +32,7 @@ def step_messages(cluster) -> list[str]:
     return [e.message for e in cluster.events("web") if e.reason == "StepStarted"]
 
 
-def test_good_revision_is_promoted_through_every_step(cluster, operator, traffic):
+def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, traffic):
     setup_release(cluster)
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2")
@@ -47,6 +48,10 @@ def test_good_revision_is_promoted_through_every_step(cluster, operator, traffic
     assert {c["name"] for c in status["lastChecks"]} == {"min-samples", "error-rate"}
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Promoted"] == "True" and conditions["RolledBack"] == "False"
+    waited = subprocess.run([str(stack.cluster.bin_dir / "kubectl"), "--kubeconfig", str(stack.kubeconfig), "wait",
+                             "--for=condition=Promoted", "crel/web", "-n", cluster.namespace, "--timeout=10s"],
+                            capture_output=True, text=True, timeout=30)
+    assert waited.returncode == 0, waited.stderr
     assert len(step_messages(cluster)) == len(STEPS)
     reasons = [e.reason for e in cluster.events("web")]
     assert "RolloutStarted" in reasons and "Promoted" in reasons

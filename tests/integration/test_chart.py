@@ -343,6 +343,21 @@ def other_namespace(kube_client):
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize("values", [
+    [],
+    ["--set", "judge.llm.apiKeySecret.name=llm-key", "--set", "judge.persistence.enabled=false"],
+], ids=["defaults", "judge-with-secret-emptydir"])
+def test_template_output_is_accepted_by_server_side_dry_run(stack, namespace, helm_bin, tmp_path, values):
+    result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--namespace", namespace,
+                          "--set", f"watchNamespaces={{{namespace}}}", *values)
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    applied = stack.cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=result.stdout,
+                                    check=False)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count("(server dry run)") == len(documents), applied.stdout
+
+
 def test_bad_values_fail_helm_install_and_create_nothing(stack, namespace):
     result = helm(stack, "install", RELEASE, str(CHART), "--namespace", namespace, "--skip-crds",
                   "--set", "tickSeconds=fast", check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,17 +42,26 @@ def operator(stack, namespace, canarist_crd, tmp_path) -> Iterator[OperatorProce
     uninstall_chart(stack, namespace, "canarist")
 
 
+@contextmanager
+def scraped_apps(stack, namespace: str, workdir: Path, **reporting) -> Iterator[dict[str, DemoApp]]:
+    """Local processes standing in for web-primary (stable) and web (canary), scraped by Prometheus.
+    `reporting` (judge_url, release) makes them report their answers to a judge."""
+    apps = {variant: DemoApp.start("web", variant, revision, workdir=workdir / variant, seed=seed, **reporting)
+            for variant, revision, seed in (("primary", "v1", 1), ("canary", "v2", 2))}
+    try:
+        for app in apps.values():
+            stack.prometheus.add_target(app.metrics_address, {"namespace": namespace})
+        yield apps
+    finally:
+        for app in apps.values():
+            stack.prometheus.remove_target(app.metrics_address)
+            app.stop()
+
+
 @pytest.fixture
 def apps(stack, namespace, tmp_path) -> Iterator[dict[str, DemoApp]]:
-    """Local processes standing in for web-primary (stable) and web (canary), scraped by Prometheus."""
-    primary = DemoApp.start("web", "primary", "v1", workdir=tmp_path / "primary")
-    canary = DemoApp.start("web", "canary", "v2", workdir=tmp_path / "canary")
-    for app in (primary, canary):
-        stack.prometheus.add_target(app.metrics_address, {"namespace": namespace})
-    yield {"primary": primary, "canary": canary}
-    for app in (primary, canary):
-        stack.prometheus.remove_target(app.metrics_address)
-        app.stop()
+    with scraped_apps(stack, namespace, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

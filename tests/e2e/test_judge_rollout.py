@@ -13,6 +13,7 @@ from canarist.devstack.procs import wait_until
 from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
 
+from .conftest import scraped_apps
 from .harness import canary_release, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -30,17 +31,8 @@ def judge(tmp_path) -> Iterator[JudgeServer]:
 
 @pytest.fixture
 def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
-    release = f"{namespace}/web"
-    primary = DemoApp.start("web", "primary", "v1", judge_url=judge.url, release=release, seed=1,
-                            workdir=tmp_path / "primary")
-    canary = DemoApp.start("web", "canary", "v2", judge_url=judge.url, release=release, seed=2,
-                           workdir=tmp_path / "canary")
-    for app in (primary, canary):
-        stack.prometheus.add_target(app.metrics_address, {"namespace": namespace})
-    yield {"primary": primary, "canary": canary}
-    for app in (primary, canary):
-        stack.prometheus.remove_target(app.metrics_address)
-        app.stop()
+    with scraped_apps(stack, namespace, tmp_path, judge_url=judge.url, release=f"{namespace}/web") as running:
+        yield running
 
 
 @pytest.fixture

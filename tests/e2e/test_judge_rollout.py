@@ -68,7 +68,9 @@ def test_worse_answers_are_rolled_back_by_the_judge_while_errors_look_perfect(
     status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 120)
     assert status["phase"] == "RolledBack", status
     checks = checks_by_name(status)
-    assert checks["error-rate"]["result"] == "Passed" and checks["error-rate"]["value"] == 0
+    # The rollback can come on the step's first check, before Prometheus has a rate for the
+    # canary; either way the error-rate gate saw nothing wrong.
+    assert checks["error-rate"]["result"] in ("Passed", "NoData") and checks["error-rate"].get("value") in (0, None)
     assert checks["judge-score"]["result"] == "Failed" and checks["judge-score"]["value"] < 0.8
     assert checks["judge-regression"]["result"] == "Failed"
     assert "judge-score=" in status["message"]

@@ -74,8 +74,10 @@ def test_worse_answers_are_rolled_back_by_the_judge_while_errors_look_perfect(
     assert checks["judge-score"]["result"] == "Failed" and checks["judge-score"]["value"] < 0.8
     assert checks["judge-regression"]["result"] == "Failed"
     assert "judge-score=" in status["message"]
-    rolled = [e for e in cluster.events("web") if e.reason == "RolledBack"]
-    assert rolled and "judge-score" in rolled[0].message
+    # Events are posted after the status write and the actions of the same tick.
+    rolled = wait_until(lambda: [e for e in cluster.events("web") if e.reason == "RolledBack"], 10,
+                        "the RolledBack event")
+    assert "judge-score" in rolled[0].message
     assert questions_traffic.responses.get("web-canary", {}).get("500", 0) == 0
 
 

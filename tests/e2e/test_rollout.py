@@ -80,8 +80,9 @@ def test_error_rate_violation_at_5_percent_rolls_back_in_the_same_tick(cluster, 
 
     wait_until(lambda: cluster.deployment("web").spec.replicas == 0, 20, "the canary scaled to zero")
     assert cluster.deployment("web-primary").spec.template.spec.containers[0].image == "registry.test/web:v1"
-    rolled = [e for e in cluster.events("web") if e.reason == "RolledBack"]
-    assert rolled and rolled[0].type == "Warning"
+    rolled = wait_until(lambda: [e for e in cluster.events("web") if e.reason == "RolledBack"], 10,
+                        "the RolledBack event")
+    assert rolled[0].type == "Warning"
     assert "error-rate=" in rolled[0].message and "<= 0.05" in rolled[0].message
     assert "error-rate=" in status["message"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["RolledBack"] == "True"

@@ -84,3 +84,11 @@ def test_missing_required_field_is_named(stack, namespace, crd_installed):
     del manifest["spec"]["service"]
     result = apply(stack, namespace, manifest)
     assert result.returncode != 0 and "spec.service: Required value" in result.stderr, result.stderr
+
+
+def test_target_cannot_be_switched_on_an_existing_release(stack, namespace, crd_installed):
+    assert apply(stack, namespace, VALID).returncode == 0
+    moved = with_spec(targetRef={"name": "other"})
+    result = apply(stack, namespace, moved)
+    assert result.returncode != 0
+    assert "targetRef.name is immutable; create a new CanaryRelease for another Deployment" in result.stderr

@@ -46,6 +46,7 @@ class Sim:
     route: tuple[int, int] | None = None
     requests: Requests = field(default_factory=Requests)
     problems: tuple[str, ...] = ()
+    canary_broken: bool = False  # its pods crash: never Ready even when scaled up
     history: list[Decision] = field(default_factory=list)
 
     def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10) -> Decision:
@@ -54,7 +55,7 @@ class Sim:
         due = analysis_due(self.status, self.now)
         world = World(
             target_revision=self.target, primary_revision=self.primary, primary_ready=self.primary is not None,
-            canary_ready=self.canary_up, problems=self.problems, requests=self.requests,
+            canary_ready=self.canary_up and not self.canary_broken, problems=self.problems, requests=self.requests,
             checks=(checks if checks is not None else ()) if due else None,
         )
         decision = decide(self.spec, self.status, world, self.now, generation=1)

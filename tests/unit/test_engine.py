@@ -20,9 +20,11 @@ def test_initialization_creates_primary_then_idles_with_all_traffic_on_it():
     sim = Sim()
     d = sim.tick()
     assert sim.status.phase == Phase.INITIALIZING
-    assert EnsurePrimary("rev1") in d.actions and SetRoute(100, 0) in d.actions
+    assert EnsurePrimary("rev1") in d.actions
+    assert not any(isinstance(a, SetRoute) for a in d.actions), "no traffic to a primary that is not Ready"
     assert cond(sim, "Ready") == "False"
-    sim.tick()
+    d = sim.tick()
+    assert d.actions.index(SetRoute(100, 0)) < d.actions.index(ScaleCanary(up=False))
     assert sim.status.phase == Phase.IDLE
     assert sim.status.revisions.primary == "rev1"
     assert sim.canary_up is False and sim.route == (100, 0)
@@ -184,6 +186,55 @@ def test_analysis_waits_one_interval_after_each_step_starts():
     assert sim.status.canary_weight == 1 and sim.status.last_check_at is None
     sim.tick(PASS, advance=5)
     assert sim.status.canary_weight == 5 and sim.status.step_started_at == started + timedelta(seconds=10)
+
+
+def test_canary_that_stops_being_ready_mid_step_fails_its_checks():
+    sim = Sim(spec=make_spec(failureLimit=1)).initialized()
+    walk_to(sim, 20)
+    sim.canary_broken = True
+    sim.tick(NODATA)  # its metrics vanish with its pods: no data, but unready is a failure
+    assert sim.status.checks_failed == 1 and sim.status.last_checks[-1].name == "canary-ready"
+    sim.tick(NODATA)
+    assert sim.status.phase == Phase.ROLLED_BACK and sim.route == (100, 0)
+    assert "canary-ready" in sim.status.message
+
+
+def test_hold_timeout_also_covers_a_canary_that_never_gets_ready():
+    sim = Sim(spec=make_spec(holdTimeout="1m")).initialized()
+    sim.canary_broken = True
+    sim.target = "rev2"
+    for _ in range(5):
+        sim.tick()
+    assert sim.status.phase == Phase.PROGRESSING and sim.status.canary_weight == 0
+    sim.tick(advance=60)
+    assert sim.status.phase == Phase.ROLLED_BACK and "holdTimeout" in sim.status.message
+
+
+def test_a_pause_does_not_count_against_hold_timeout():
+    sim = Sim(spec=make_spec(holdTimeout="1m")).initialized()
+    walk_to(sim, 5)
+    sim.request(paused=True)
+    sim.tick(advance=3600)
+    sim.request(paused=False)
+    sim.tick(NODATA)
+    assert sim.status.phase == Phase.PROGRESSING and sim.status.canary_weight == 5
+
+
+def test_a_release_without_any_gate_does_not_start():
+    spec = make_spec(metrics=[])
+    sim = Sim(spec=spec).initialized()
+    sim.target = "rev2"
+    sim.tick()
+    assert sim.status.phase == Phase.IDLE and not sim.canary_up
+    assert "spec.analysis: declares no gate" in sim.status.message
+
+
+def test_deleted_primary_is_recreated_from_the_unchanged_target():
+    sim = Sim().initialized()
+    sim.primary = None
+    d = sim.tick()
+    assert d.actions[0] == EnsurePrimary("rev1") and sim.primary == "rev1"
+    assert "recreating the primary" in sim.status.message
 
 
 def test_canary_must_be_ready_before_the_first_step():

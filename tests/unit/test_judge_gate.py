@@ -19,7 +19,7 @@ NOW = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
 SINCE = datetime(2026, 1, 1, 11, 55, tzinfo=timezone.utc)
 
 
-def verdict(judged=50, mean=0.9, wins=5, losses=1, ties=10, exhausted=False):
+def verdict(judged=50, mean=0.9, wins=5, losses=1, ties=20, exhausted=False):
     return {"judged": judged, "meanScore": mean, "ci95": None, "failed": 0,
             "pairwise": {"wins": wins, "losses": losses, "ties": ties},
             "budget": {"tokensUsed": 0, "tokenBudget": None, "exhausted": exhausted}}
@@ -63,7 +63,7 @@ def test_good_canary_passes_every_threshold(judge):
         "judge-loss-rate": CheckResult.PASSED}
     assert checks["judge-score"].value == 0.9 and checks["judge-score"].min == 0.8
     assert checks["judge-regression"].value == pytest.approx(0.02)
-    assert checks["judge-loss-rate"].value == pytest.approx(1 / 16)
+    assert checks["judge-loss-rate"].value == pytest.approx(1 / 26, abs=1e-4)
     assert judge["queries"][0] == {"release": "prod/bot", "variant": "canary", "since": "2026-01-01T11:55:00Z",
                                    "until": "2026-01-01T12:00:00Z"}
 
@@ -77,7 +77,7 @@ def test_primary_baseline_covers_the_whole_rollout(judge):
 
 
 def test_worse_answers_fail_score_and_regression(judge):
-    judge["canary"] = verdict(mean=0.4, losses=12, wins=0, ties=4)
+    judge["canary"] = verdict(mean=0.4, losses=16, wins=0, ties=8)
     checks = run(judge, minScore=0.8, maxRegression=0.05, maxLossRate=0.2)
     assert all(c.result == CheckResult.FAILED for c in checks.values())
     assert "below min 0.8" in checks["judge-score"].message
@@ -99,6 +99,12 @@ def test_primary_without_samples_holds_the_regression_check(judge):
 def test_exhausted_budget_is_explained(judge):
     judge["canary"] = verdict(judged=5, exhausted=True)
     assert "budget" in run(judge, minScore=0.5)["judge-score"].message
+
+
+def test_a_loss_rate_over_too_few_pairs_is_no_data(judge):
+    judge["canary"] = verdict(wins=0, losses=1, ties=1)  # 50% lost, but over two comparisons
+    check = run(judge, maxLossRate=0.1)["judge-loss-rate"]
+    assert check.result == CheckResult.NO_DATA and "2 pairwise comparisons this step, 20 needed" in check.message
 
 
 def test_no_pairs_is_no_data(judge):

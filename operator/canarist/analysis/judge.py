@@ -54,7 +54,8 @@ def fetch_verdict(session: requests.Session, gate: JudgeGate, release: str, vari
     except requests.RequestException as exc:
         raise VerdictError(f"judge unreachable at {gate.url}: {type(exc).__name__}") from exc
     if response.status_code != 200:
-        raise VerdictError(f"judge answered HTTP {response.status_code}: {response.text[:200]}")
+        # The body is not copied into status: the URL comes from the spec, the body from anywhere.
+        raise VerdictError(f"judge answered HTTP {response.status_code} {response.reason}")
     try:
         body = response.json()
     except ValueError as exc:
@@ -134,9 +135,11 @@ def _loss_check(gate: JudgeGate, canary: Verdict, now: datetime) -> Check:
     if held:
         return held
     pairs = canary.wins + canary.losses + canary.ties
-    if pairs == 0:
+    if pairs < gate.min_samples:
+        # A rate over a handful of pairs is noise: it needs as much evidence as the score.
         return Check(name="judge-loss-rate", kind="judge", result=CheckResult.NO_DATA, at=now,
-                     message="no pairwise comparisons yet (no input answered by both variants)", **bounds)
+                     message=f"{pairs} pairwise comparisons this step, {gate.min_samples} needed "
+                             "(inputs answered by both variants)", **bounds)
     rate = canary.losses / pairs
     passed = rate <= gate.max_loss_rate
     return Check(name="judge-loss-rate", kind="judge", value=round(rate, 4), at=now,

@@ -164,6 +164,13 @@ STEPS_RULES = [
 
 
 class CanaryReleaseSpec(ApiModel):
+    # Everything canarist creates is named after the target: switching targets would strand the
+    # old route and canary. A new target is a new CanaryRelease.
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        _cel("self.targetRef.name == oldSelf.targetRef.name",
+             "targetRef.name is immutable; create a new CanaryRelease for another Deployment"),
+    ]}}
+
     target_ref: TargetRef
     service: ServiceSpec
     routing: Routing

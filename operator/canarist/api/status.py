@@ -41,7 +41,7 @@ class Revisions(StatusModel):
 
 class Check(StatusModel):
     name: str
-    kind: Literal["prometheus", "samples", "judge"] = "prometheus"
+    kind: Literal["prometheus", "samples", "judge", "workload"] = "prometheus"
     result: CheckResult
     value: float | None = None
     min: float | None = None

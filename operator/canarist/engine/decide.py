@@ -107,9 +107,11 @@ class _Tick:
 
     def _initializing(self) -> None:
         s, w = self.s, self.world
-        self.d.actions += [EnsureServices(), EnsurePrimary(w.target_revision), SetRoute(100, 0)]
+        self.d.actions += [EnsureServices(), EnsurePrimary(w.target_revision)]
         if w.primary_ready and w.primary_revision == w.target_revision:
-            self.d.actions.append(ScaleCanary(up=False))
+            # Only a Ready primary gets traffic: the route may already exist and serve something else
+            # (a route handed back to the target by an earlier CanaryRelease of it).
+            self.d.actions += [SetRoute(100, 0), ScaleCanary(up=False)]
             s.revisions.primary = w.target_revision
             s.phase, s.canary_weight = Phase.IDLE, 0
             s.message = f"primary serves revision {_short(w.target_revision)}"
@@ -146,6 +148,10 @@ class _Tick:
             self._start_rollout(target)
             return
         self._converge()
+        if w.primary_revision is None and target == s.revisions.primary:
+            # The primary was deleted; the target still holds its template, so it can be rebuilt.
+            self.d.actions.insert(0, EnsurePrimary(target))
+            s.message = f"recreating the primary (revision {_short(target)}), which was deleted"
 
     def _rolling(self) -> None:
         s, w = self.s, self.world
@@ -171,7 +177,11 @@ class _Tick:
             return
         if s.phase == Phase.PAUSED:
             s.phase = Phase.PROGRESSING
-            s.last_check_at = self.now  # evidence after a pause starts a fresh interval
+            # Evidence after a pause starts a fresh interval, and the pause does not count against
+            # holdTimeout.
+            s.last_check_at = self.now
+            if s.step_started_at is not None:
+                s.step_started_at = self.now
             self._event("Resumed", f"rollout resumed at {s.canary_weight}%")
 
         if s.canary_weight == 0:
@@ -180,7 +190,13 @@ class _Tick:
             else:
                 s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
         elif w.checks is not None:
-            self._evaluate(w.checks)
+            checks = w.checks
+            if not w.canary_ready:
+                # Pods crashing mid-step leave the gates without data, which alone would only hold
+                # the step while its share of users gets errors: an unready canary fails the check.
+                checks += (Check(name="canary-ready", kind="workload", result=CheckResult.FAILED, at=self.now,
+                                 message="the canary Deployment is not Ready"),)
+            self._evaluate(checks)
         if s.phase == Phase.PROGRESSING:
             self._check_hold_timeout()
         self._converge()
@@ -319,9 +335,10 @@ class _Tick:
     def _check_hold_timeout(self) -> None:
         s = self.s
         analysis = s.pinned_analysis
-        if analysis is None or analysis.hold_timeout is None or s.step_started_at is None:
+        since = s.step_started_at or s.rollout_started_at  # also while waiting for the canary to be Ready
+        if analysis is None or analysis.hold_timeout is None or since is None:
             return
-        if self.now - s.step_started_at >= parse_duration(analysis.hold_timeout):
+        if self.now - since >= parse_duration(analysis.hold_timeout):
             self._rollback("HoldTimeout", f"step {s.step_index + 1} did not advance within holdTimeout "
                                           f"{analysis.hold_timeout} (last: {s.message})")
 
@@ -333,7 +350,7 @@ class _Tick:
         actions.clear()
         if s.phase in STEADY_PHASES:
             # Route first: on rollback users leave the canary before it is scaled down.
-            actions += [EnsureServices(), SetRoute(100, 0), ScaleCanary(up=False)]
+            actions += [SetRoute(100, 0), ScaleCanary(up=False), EnsureServices()]
         elif s.phase == Phase.PROMOTING:
             actions += [EnsureServices(), ScaleCanary(up=True), EnsurePrimary(s.revisions.canary),
                         SetRoute(100 - s.canary_weight, s.canary_weight)]

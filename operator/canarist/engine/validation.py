@@ -8,6 +8,10 @@ from canarist.api.spec import CanaryReleaseSpec
 
 def spec_problems(spec: CanaryReleaseSpec) -> list[str]:
     problems = []
+    analysis = spec.analysis
+    if not analysis.metrics and analysis.min_samples is None and analysis.judge is None:
+        problems.append("spec.analysis: declares no gate; add metrics, minSamples or judge "
+                        "(a step must not advance without evidence)")
     templates = [(f"spec.analysis.metrics[{i}].prometheus.query", m.prometheus.query)
                  for i, m in enumerate(spec.analysis.metrics)]
     if spec.analysis.min_samples is not None:

@@ -120,6 +120,9 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
         problems.append(str(exc))
         routing_available = False
     primary = workloads.read_primary()
+    foreign_primary = workloads.primary_problem(primary)
+    if foreign_primary:
+        problems.append(foreign_primary)
     target_revision = template_hash(target) if target else None
 
     checks = None
@@ -145,12 +148,21 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
         except StaleRead:
             log.info("%s/%s changed during the tick; deciding again next tick", namespace, name)
             return
+    # Each action on its own: one failing (say, a Service write) must not keep the route from
+    # moving, and the events of a transition already written to status are posted regardless.
+    failures = []
     for action in decision.actions:
-        _apply(action, ctx, workloads, router, spec, target, primary)
-        if isinstance(action, EnsurePrimary):
-            primary = workloads.read_primary()
+        try:
+            _apply(action, ctx, workloads, router, spec, target, primary)
+            if isinstance(action, EnsurePrimary):
+                primary = workloads.read_primary()
+        except Exception as exc:
+            log.warning("%s/%s: %s failed: %s", namespace, name, type(action).__name__, exc)
+            failures.append(exc)
     for event in decision.events:
         post_event(ctx.api, body, event, now)
+    if failures:
+        raise failures[0]  # kopf logs it; the next tick re-sends every action
 
 
 def _apply(action, ctx: OperatorContext, workloads: Workloads, router: GatewayAPIRouter,

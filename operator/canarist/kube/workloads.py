@@ -217,6 +217,20 @@ class Workloads:
                 problems.append(self._conflict_message(name))
         return problems
 
+    def primary_problem(self, primary: dict | None) -> str | None:
+        """A `<target>-primary` Deployment canarist must not write: not created by this CanaryRelease."""
+        if primary is None:
+            return None
+        owners = [o.get("uid") for o in primary["metadata"].get("ownerReferences", [])]
+        if self.owner["uid"] in owners:
+            return None
+        name = primary_name(self.target)
+        if (primary["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "canarist":
+            return (f"Deployment {name!r} still belongs to an earlier CanaryRelease of {self.target!r}; "
+                    "waiting for the garbage collector to remove it")
+        return (f"spec.targetRef.name: Deployment {name!r} exists and was not created by canarist; canarist "
+                f"creates {name!r} itself: delete or rename that Deployment")
+
     def release_canary_service(self) -> None:
         """Drop our ownerReference so the canary Service (selecting the target's pods) outlives us."""
         name = canary_service_name(self.target)

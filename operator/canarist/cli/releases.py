@@ -7,6 +7,7 @@ own); abort, promote and retry carry a fresh token so each request acts exactly 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -105,18 +106,15 @@ class Client:
 
 
 def _in_cluster() -> bool:
-    import os
-
     return "KUBERNETES_SERVICE_HOST" in os.environ
 
 
 def _context_namespace(args: argparse.Namespace) -> str | None:
     try:
-        _, active = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)
+        contexts, active = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)
     except Exception:
         return None
     if args.context:
-        contexts, _ = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)
         active = next((c for c in contexts if c["name"] == args.context), active)
     return (active or {}).get("context", {}).get("namespace")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
@@ -78,6 +78,7 @@ class Workloads:
     namespace: str
     target: str
     owner: dict[str, Any]  # ownerReference of the CanaryRelease
+    _services: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def _apps(self) -> kubernetes.client.AppsV1Api:
@@ -167,13 +168,22 @@ class Workloads:
                            (canary_service_name(self.target), selector)):
             self._ensure_service(name, pods, port, target_port or port)
 
+    def _read_service(self, name: str):
+        """The Service, or None; read once per tick (a Workloads lives for one tick), since the
+        conflict check before deciding and the ensure after it look at the same two objects."""
+        if name not in self._services:
+            try:
+                self._services[name] = self._core.read_namespaced_service(name, self.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self._services[name] = None
+        return self._services[name]
+
     def _ensure_service(self, name: str, selector: dict[str, str], port: int, target_port: int) -> None:
         wanted_ports = [{"name": "http", "port": port, "targetPort": target_port, "protocol": "TCP"}]
-        try:
-            existing = self._core.read_namespaced_service(name, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        existing = self._read_service(name)
+        if existing is None:
             self._core.create_namespaced_service(self.namespace, {
                 "metadata": {"name": name, "labels": dict(MANAGED_BY), "ownerReferences": [self.owner]},
                 "spec": {"selector": selector, "ports": wanted_ports},
@@ -206,12 +216,9 @@ class Workloads:
         """Services in the way of the ones canarist creates, found before anything is written."""
         problems = []
         for name in (primary_name(self.target), canary_service_name(self.target)):
-            try:
-                existing = self._core.read_namespaced_service(name, self.namespace)
-            except ApiException as exc:
-                if exc.status == 404:
-                    continue
-                raise
+            existing = self._read_service(name)
+            if existing is None:
+                continue
             if self.owner["uid"] not in [o.uid for o in existing.metadata.owner_references or []] \
                     and self._foreign(existing):
                 problems.append(self._conflict_message(name))
@@ -234,12 +241,9 @@ class Workloads:
     def release_canary_service(self) -> None:
         """Drop our ownerReference so the canary Service (selecting the target's pods) outlives us."""
         name = canary_service_name(self.target)
-        try:
-            existing = self._core.read_namespaced_service(name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
+        existing = self._read_service(name)
+        if existing is None:
+            return
         existing.metadata.owner_references = [
             o for o in existing.metadata.owner_references or [] if o.uid != self.owner["uid"]] or None
         self._core.replace_namespaced_service(name, self.namespace, existing)

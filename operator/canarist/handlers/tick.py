@@ -7,6 +7,8 @@ idempotent actions; if it dies before, the next tick decides again from the old 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -142,14 +144,20 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
         checks=checks,
     )
     decision = decide(spec, status, world, now, generation)
+    # Events go out before the status write that records their transition: were the operator
+    # killed in between, the replayed tick posts the same events under the same names (no loss,
+    # no duplicate). Killed after the write, the transition is done and its events are out.
+    transition = hashlib.sha256(json.dumps(status.to_k8s(), sort_keys=True).encode()).hexdigest()
+    for index, event in enumerate(decision.events):
+        key = hashlib.sha256(f"{body['metadata']['uid']}/{transition}/{index}/{event.reason}".encode())
+        post_event(ctx.api, body, event, now, key.hexdigest()[:20])
     if decision.status != status:
         try:
             replace_status(ctx.api, body, decision.status)
         except StaleRead:
             log.info("%s/%s changed during the tick; deciding again next tick", namespace, name)
             return
-    # Each action on its own: one failing (say, a Service write) must not keep the route from
-    # moving, and the events of a transition already written to status are posted regardless.
+    # Each action on its own: one failing (say, a Service write) must not keep the route from moving.
     failures = []
     for action in decision.actions:
         try:
@@ -159,8 +167,6 @@ def run_tick(ctx: OperatorContext, namespace: str, name: str, now: datetime) -> 
         except Exception as exc:
             log.warning("%s/%s: %s failed: %s", namespace, name, type(action).__name__, exc)
             failures.append(exc)
-    for event in decision.events:
-        post_event(ctx.api, body, event, now)
     if failures:
         raise failures[0]  # kopf logs it; the next tick re-sends every action
 

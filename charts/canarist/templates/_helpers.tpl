@@ -140,4 +140,10 @@ except on the HTTPRoute canarist owns.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, list, watch, create, update, patch, delete]
+# HPAs: the target's is found by listing the namespace; its twin <hpa>-primary (scaling the
+# primary) is read, created, replaced with the resourceVersion read, and deleted (uid
+# precondition) when the user's HPA is gone or the workload is handed back.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, create, update, delete]
 {{- end }}

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from canarist.api.gatewayapi_schema import SCHEMAS
+from canarist.api.gatewayapi_vendor import CRD_FILE as HTTPROUTE_CRD_FILE, extract
+from canarist.devstack.gatewayapi import gateway_api_crd_dir
+
 pytestmark = pytest.mark.cluster
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "canarist.dev_canaryreleases.yaml"
@@ -68,6 +72,34 @@ def test_valid_manifest_is_accepted_with_defaults(stack, namespace, crd_installe
     ({"analysis__metrics__0__max": None}, ["spec.analysis.metrics[0]", "set min, max or both"]),
     ({"routing__gatewayAPI__parentRefs": []}, ["spec.routing.gatewayAPI.parentRefs", "at least 1 items"]),
     ({"targetRef__kind": "StatefulSet"}, ["spec.targetRef.kind", "Unsupported value", "Deployment"]),
+    ({"targetRef__name": "x" * 56}, ["spec.targetRef.name", "DNS-1035 label of at most 55 characters"]),
+    ({"targetRef__name": "1web"}, ["spec.targetRef.name", "DNS-1035 label", "rename the Deployment"]),
+    ({"routing__gatewayAPI__hostnames": ["ok.example.com", "Bot.example.com"]},
+     ["spec.routing.gatewayAPI.hostnames[1]", "should match"]),
+    ({"routing__gatewayAPI__parentRefs__0__kind": "1Gateway"},
+     ["spec.routing.gatewayAPI.parentRefs[0].kind", "should match"]),
+    ({"routing__gatewayAPI__parentRefs__0__sectionName": "HTTPS"},
+     ["spec.routing.gatewayAPI.parentRefs[0].sectionName", "should match"]),
+    ({"routing__gatewayAPI__parentRefs__0__group": "Gateway.Networking"},
+     ["spec.routing.gatewayAPI.parentRefs[0].group", "should match"]),
+    ({"routing__gatewayAPI__matches": [{}, {"path": {"type": "PathPrefix", "value": "chat"}}]},
+     ["spec.routing.gatewayAPI.matches[1].path", "value must be an absolute path and start with '/'"]),
+    ({"routing__gatewayAPI__matches": [{"path": {"type": "Exact", "value": "/a//b"}}]},
+     ["spec.routing.gatewayAPI.matches[0].path", "must not contain '//'"]),
+    ({"routing__gatewayAPI__matches": [{"headers": [{"name": "x canary", "value": "1"}]}]},
+     ["spec.routing.gatewayAPI.matches[0].headers[0].name", "should match"]),
+    ({"routing__gatewayAPI__matches": [{"headers": [{"name": "a", "value": "1"}, {"name": "a", "value": "2"}]}]},
+     ["spec.routing.gatewayAPI.matches[0].headers[1]", "Duplicate value"]),
+    ({"routing__gatewayAPI__matches": [{"queryParams": [{"name": "beta"}]}]},
+     ["spec.routing.gatewayAPI.matches[0].queryParams[0].value", "Required value"]),
+    ({"routing__gatewayAPI__matches": [{"method": "get"}]},
+     ["spec.routing.gatewayAPI.matches[0].method", "Unsupported value"]),
+    ({"analysis__interval": "0s"}, ["spec.analysis.interval", "analysis.interval must be at least 1s"]),
+    ({"analysis__interval": "0ms"}, ["spec.analysis.interval", "analysis.interval must be at least 1s"]),
+    ({"analysis__interval": "500ms"}, ["spec.analysis.interval", "analysis.interval must be at least 1s"]),
+    ({"analysis__holdTimeout": "0m"}, ["spec.analysis.holdTimeout", "analysis.holdTimeout must be greater than 0s"]),
+    ({"analysis__judge": {"url": "http://judge", "minScore": 0.8, "timeout": "0s"}},
+     ["spec.analysis.judge.timeout", "analysis.judge.timeout must be greater than 0s"]),
 ])
 def test_invalid_manifests_are_rejected_naming_the_field(stack, namespace, crd_installed, changes, expected):
     manifest = with_spec(**changes)
@@ -77,6 +109,36 @@ def test_invalid_manifests_are_rejected_naming_the_field(stack, namespace, crd_i
     assert result.returncode != 0, f"accepted: {changes}"
     for text in expected:
         assert text in result.stderr, result.stderr
+
+
+def test_gateway_routing_and_new_fields_are_accepted_with_gateway_defaults(stack, namespace, crd_installed):
+    manifest = with_spec(routing={"gatewayAPI": {
+        "parentRefs": [{"name": "gw", "namespace": "infra", "sectionName": "https", "group": "", "kind": "Service"}],
+        "hostnames": ["bot.example.com", "*.example.com"],
+        "matches": [{"path": {"type": "PathPrefix", "value": "/chat"}, "method": "POST"},
+                    {"headers": [{"name": "x-canary", "value": "always"}],
+                     "queryParams": [{"name": "b", "value": "1"}]}],
+    }}, analysis__interval="1s", analysis__holdTimeout="1ms")
+    result = apply(stack, namespace, manifest)
+    assert result.returncode == 0, result.stderr
+    stored = yaml.safe_load(stack.cluster.kubectl("get", "crel", "web", "-n", namespace, "-o", "yaml").stdout)
+    assert stored["spec"]["service"]["adoptTargetService"] is True
+    # Gateway API's defaults come with its schema: what canarist stores is what the HTTPRoute will hold.
+    assert stored["spec"]["routing"]["gatewayAPI"]["matches"] == [
+        {"path": {"type": "PathPrefix", "value": "/chat"}, "method": "POST"},
+        {"path": {"type": "PathPrefix", "value": "/"},
+         "headers": [{"name": "x-canary", "type": "Exact", "value": "always"}], "queryParams": [{"name": "b", "type": "Exact", "value": "1"}]}]
+
+
+def test_a_malformed_duration_gets_one_error_not_a_cel_conversion_error(stack, namespace, crd_installed):
+    result = apply(stack, namespace, with_spec(analysis__interval="soon"))
+    assert result.returncode != 0 and "should match" in result.stderr, result.stderr
+    assert "conversion error" not in result.stderr, result.stderr
+
+
+def test_vendored_gateway_api_schemas_match_the_pinned_release():
+    crd_file = gateway_api_crd_dir() / HTTPROUTE_CRD_FILE
+    assert extract(yaml.safe_load(crd_file.read_text())) == SCHEMAS, "run: python -m canarist.api.gatewayapi_vendor"
 
 
 def test_missing_required_field_is_named(stack, namespace, crd_installed):

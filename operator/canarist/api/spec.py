@@ -8,18 +8,31 @@ as types are given twice: a pydantic validator for Python, and a CEL rule
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic_core import CoreSchema, core_schema
 
 from .base import ApiModel
-from .durations import DURATION_PATTERN
+from .durations import DURATION_PATTERN, parse_duration
+from .gatewayapi import Hostname, ParentReference, RouteMatch
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Service names are DNS-1035 labels (<= 63, starting with a letter); "-primary" adds 8.
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+TARGET_NAME_MAX = 55
+TARGET_NAME_MESSAGE = (
+    f"targetRef.name must be a DNS-1035 label of at most {TARGET_NAME_MAX} characters (lowercase letters, "
+    "digits and '-', starting with a letter and ending with a letter or digit): canarist creates the "
+    "<name>-primary and <name>-canary Services and the <name>-primary Deployment; rename the Deployment")
 DEFAULT_STEPS = [1, 5, 20, 50, 100]
+# Bounds the CEL cost of duration(self); real durations are a dozen characters.
+_DURATION_MAX_LENGTH = 32
 
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, json_schema_extra={"example": "1m"})]
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=_DURATION_MAX_LENGTH,
+                                json_schema_extra={"example": "1m"})]
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> dict:
@@ -29,39 +42,74 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict:
     return validation
 
 
+@dataclass(frozen=True)
+class _Above:
+    """Annotation: a Duration of at least (inclusive) or more than `minimum`, for pydantic and CEL."""
+
+    minimum: str
+    message: str
+    inclusive: bool
+
+    def _check(self, text: str) -> str:
+        value, bound = parse_duration(text), parse_duration(self.minimum)
+        if value < bound or (value == bound and not self.inclusive):
+            raise ValueError(self.message)
+        return text
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        # A malformed duration is reported by the pattern; the guard spares the user a second,
+        # cryptic "type conversion error" from duration().
+        rule = (f"!self.matches(r'{DURATION_PATTERN}') || "
+                f"duration(self) {'>=' if self.inclusive else '>'} duration('{self.minimum}')")
+        return {**handler(schema), "x-kubernetes-validations": [_cel(rule, self.message)]}
+
+
+INTERVAL_MESSAGE = ("analysis.interval must be at least 1s (e.g. 30s or 1m): it is the time between checks and "
+                    "the {{ interval }} window of the PromQL queries, which is counted in whole seconds")
+HOLD_TIMEOUT_MESSAGE = "analysis.holdTimeout must be greater than 0s; leave it unset to hold without a time limit"
+JUDGE_TIMEOUT_MESSAGE = ("analysis.judge.timeout must be greater than 0s: it is how long one verdict query may "
+                         "take (default 10s)")
+Interval = Annotated[Duration, _Above("1s", INTERVAL_MESSAGE, inclusive=True)]
+HoldTimeout = Annotated[Duration, _Above("0s", HOLD_TIMEOUT_MESSAGE, inclusive=False)]
+JudgeTimeout = Annotated[Duration, _Above("0s", JUDGE_TIMEOUT_MESSAGE, inclusive=False)]
+
+
 class TargetRef(ApiModel):
     """The user's Deployment: the source of truth, and the canary during a rollout."""
 
     api_version: Literal["apps/v1"] = "apps/v1"
     kind: Literal["Deployment"] = "Deployment"
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    # maxLength 253 (any Kubernetes name) only bounds the CEL rule's cost; the rule gives the real limit.
+    name: str = Field(min_length=1, max_length=253, json_schema_extra={"x-kubernetes-validations": [
+        _cel(f"self.size() <= {TARGET_NAME_MAX} && self.matches('{DNS_1035_LABEL}')", TARGET_NAME_MESSAGE)]})
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if len(name) > TARGET_NAME_MAX or not re.fullmatch(DNS_1035_LABEL, name):
+            raise ValueError(TARGET_NAME_MESSAGE)
+        return name
 
 
 class ServiceSpec(ApiModel):
     port: int = Field(ge=1, le=65535, description="Port the generated Services expose.")
     target_port: int | None = Field(default=None, ge=1, le=65535,
                                     description="Container port; defaults to port.")
-
-
-class ParentReference(ApiModel):
-    """A Gateway API parentRef (usually a Gateway) the generated HTTPRoute attaches to."""
-
-    group: str | None = None
-    kind: str | None = None
-    namespace: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
-    name: str = Field(min_length=1, max_length=253)
-    section_name: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    adopt_target_service: bool = Field(default=True, description=(
+        "A Service named after the target that selects the target's pods is pointed at the primary's pods "
+        "while canarist manages this release (restored when the CanaryRelease is deleted), so clients of "
+        "that Service keep being served while the target is scaled to zero. false leaves it alone."))
 
 
 class GatewayAPIRouting(ApiModel):
     parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
-    matches: list[dict[str, Any]] = Field(
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
+    matches: list[RouteMatch] = Field(
         default_factory=list, max_length=8,
-        description="Gateway API HTTPRouteMatch objects; empty matches all requests.",
-        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-    )
+        description="Gateway API HTTPRouteMatch objects; empty matches all requests.")
 
 
 class Routing(ApiModel):
@@ -115,7 +163,7 @@ class JudgeGate(ApiModel):
         "Maximum share of pairwise comparisons the canary loses to the primary."))
     min_samples: int = Field(default=20, ge=1, le=100000, description=(
         "Judged canary samples each step needs before its judge checks count; fewer holds the step."))
-    timeout: Duration = Field(default="10s", description="Timeout of one verdict query.")
+    timeout: JudgeTimeout = Field(default="10s", description="Timeout of one verdict query.")
 
     model_config = {"json_schema_extra": {"x-kubernetes-validations": [
         _cel("has(self.minScore) || has(self.maxRegression) || has(self.maxLossRate)",
@@ -131,7 +179,7 @@ class JudgeGate(ApiModel):
 
 
 class Analysis(ApiModel):
-    interval: Duration = Field(default="1m", description="Time between checks.")
+    interval: Interval = Field(default="1m", description="Time between checks; at least 1s.")
     failure_limit: int = Field(default=1, ge=0, le=100, description=(
         "Failed checks tolerated within one step; the next failed check rolls back. 0 rolls back on the first."))
     checks_per_step: int = Field(default=1, ge=1, le=100, description=(
@@ -141,7 +189,7 @@ class Analysis(ApiModel):
         "A check with no data (empty result, NaN, too few samples): Hold keeps the step, Fail counts a failed check."))
     on_error: Literal["Hold", "Fail"] = Field(default="Hold", description=(
         "A provider error (Prometheus unreachable, query error): Hold keeps the step, Fail counts a failed check."))
-    hold_timeout: Duration | None = Field(default=None, description=(
+    hold_timeout: HoldTimeout | None = Field(default=None, description=(
         "Roll back when one step has not advanced for this long (no evidence either way). Unset: hold forever."))
     metrics: list[MetricGate] = Field(default_factory=list, max_length=32, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, CheckResult
-from canarist.engine import (Decision, EnsurePrimary, Requests, ScaleCanary, SetRoute, World, analysis_due,
+from canarist.engine import (Action, Decision, EnsurePrimary, Requests, ScaleCanary, SetRoute, World, analysis_due,
                              decide)
+from canarist.engine.plan import apply_in_order
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -47,6 +48,8 @@ class Sim:
     requests: Requests = field(default_factory=Requests)
     problems: tuple[str, ...] = ()
     canary_broken: bool = False  # its pods crash: never Ready even when scaled up
+    canary_degraded: bool = False  # some of its pods are not Ready, at least one is
+    route_fails: bool = False  # writing the route fails (an API error)
     history: list[Decision] = field(default_factory=list)
 
     def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10) -> Decision:
@@ -55,20 +58,29 @@ class Sim:
         due = analysis_due(self.status, self.now)
         world = World(
             target_revision=self.target, primary_revision=self.primary, primary_ready=self.primary is not None,
-            canary_ready=self.canary_up and not self.canary_broken, problems=self.problems, requests=self.requests,
+            canary_ready=self.canary_up and not self.canary_broken and not self.canary_degraded,
+            canary_available=self.canary_up and not self.canary_broken,
+            routed_weight=self.route[1] if self.route else None,
+            problems=self.problems, requests=self.requests,
             checks=(checks if checks is not None else ()) if due else None,
         )
         decision = decide(self.spec, self.status, world, self.now, generation=1)
-        for action in decision.actions:
-            if isinstance(action, EnsurePrimary):
-                self.primary = action.revision
-            elif isinstance(action, SetRoute):
-                self.route = (action.primary, action.canary)
-            elif isinstance(action, ScaleCanary):
-                self.canary_up = action.up
+        self.outcome = apply_in_order(decision.actions, self._apply)
         self.status = decision.status
+        if self.route is not None:
+            self.status.canary_weight = self.route[1]  # the handler confirms the weight it routed
         self.history.append(decision)
         return decision
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, EnsurePrimary):
+            self.primary = action.revision
+        elif isinstance(action, SetRoute):
+            if self.route_fails:
+                raise RuntimeError("HTTPRoute write failed: 500")
+            self.route = (action.primary, action.canary)
+        elif isinstance(action, ScaleCanary):
+            self.canary_up = action.up
 
     def request(self, **kwargs) -> None:
         self.requests = replace(self.requests, **kwargs)
@@ -81,11 +93,15 @@ class Sim:
         seen: list[int] = []
         for d in self.history:
             for a in d.actions:
-                if isinstance(a, SetRoute) and (not seen or seen[-1] != a.canary):
+                if isinstance(a, SetRoute) and a in self._applied(d) and (not seen or seen[-1] != a.canary):
                     seen.append(a.canary)
         return seen
 
+    def _applied(self, decision: Decision) -> list:
+        return decision.actions if not self.route_fails else [a for a in decision.actions if not isinstance(a, SetRoute)]
+
     def initialized(self) -> "Sim":
         self.tick()  # creates the primary
-        self.tick()  # primary Ready -> Idle
+        self.tick()  # primary Ready: the route sends everything to it
+        self.tick()  # the route is seen on the primary -> Idle, the target scaled down
         return self

@@ -24,6 +24,10 @@ def test_initialization_creates_primary_then_idles_with_all_traffic_on_it():
     assert not any(isinstance(a, SetRoute) for a in d.actions), "no traffic to a primary that is not Ready"
     assert cond(sim, "Ready") == "False"
     d = sim.tick()
+    assert SetRoute(100, 0) in d.actions and ScaleCanary(up=False) not in d.actions, \
+        "nothing is scaled down before the route is seen on the primary"
+    assert sim.status.phase == Phase.INITIALIZING
+    d = sim.tick()
     assert d.actions.index(SetRoute(100, 0)) < d.actions.index(ScaleCanary(up=False))
     assert sim.status.phase == Phase.IDLE
     assert sim.status.revisions.primary == "rev1"
@@ -214,6 +218,7 @@ def test_a_pause_does_not_count_against_hold_timeout():
     sim = Sim(spec=make_spec(holdTimeout="1m")).initialized()
     walk_to(sim, 5)
     sim.request(paused=True)
+    sim.tick()
     sim.tick(advance=3600)
     sim.request(paused=False)
     sim.tick(NODATA)

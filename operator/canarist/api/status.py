@@ -6,7 +6,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .base import ApiModel
 from .spec import Analysis
@@ -72,13 +74,20 @@ class Condition(StatusModel):
 class CanaryReleaseStatus(StatusModel):
     phase: Phase | None = None
     message: str = ""
-    canary_weight: int = 0
+    canary_weight: int = Field(default=0, description=(
+        "The canary's weight in the route as last written and confirmed: what users actually get."))
+    step_weight: int = Field(default=0, description=(
+        "The weight the current step asks for; 0 while waiting for the canary or steady."))
     step_index: int = 0
     revisions: Revisions = Field(default_factory=Revisions)
     pinned_steps: list[int] | None = Field(default=None, description="Steps in force for the rollout in progress.")
     pinned_analysis: Analysis | None = Field(default=None, description="Analysis in force for the rollout in progress.")
     rollout_started_at: datetime | None = None
     step_started_at: datetime | None = None
+    hold_started_at: datetime | None = Field(default=None, description=(
+        "When holdTimeout started counting for the current step; moved forward by time spent paused or blocked."))
+    blocked_since: datetime | None = Field(default=None, description=(
+        "Since when the release is blocked or paused mid-rollout (that time does not count against holdTimeout)."))
     last_check_at: datetime | None = None
     checks_passed: int = Field(default=0, description="Passed checks in the current step.")
     checks_failed: int = Field(default=0, description="Failed checks in the current step.")
@@ -90,3 +99,49 @@ class CanaryReleaseStatus(StatusModel):
         "The last request token acted on per manual action, so one request acts once."))
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _step_weight_from_older_status(cls, data: Any) -> Any:
+        # A status written before stepWeight existed kept the step's weight in canaryWeight.
+        if isinstance(data, dict) and "stepWeight" not in data and "step_weight" not in data:
+            weight = data.get("canaryWeight", data.get("canary_weight"))
+            if weight is not None:
+                data = {**data, "stepWeight": weight}
+        return data
+
+    @field_validator("pinned_analysis", mode="before")
+    @classmethod
+    def _lenient_pinned_analysis(cls, value: Any) -> Any:
+        """A status written by a newer operator may pin fields this one does not know: they are
+        dropped (recursively) instead of failing every tick. What this operator knows still binds."""
+        if not isinstance(value, dict):
+            return value
+        return _known_fields(Analysis, value)
+
+
+def _known_fields(model: type[ApiModel], data: dict) -> dict:
+    known: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            continue
+        value = data[key]
+        inner = _model_of(info.annotation)
+        if inner is not None and isinstance(value, dict):
+            value = _known_fields(inner, value)
+        elif inner is not None and isinstance(value, list):
+            value = [_known_fields(inner, v) if isinstance(v, dict) else v for v in value]
+        known[key] = value
+    return known
+
+
+def _model_of(annotation: Any) -> type[ApiModel] | None:
+    """The ApiModel inside `X`, `X | None` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, ApiModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -16,7 +16,7 @@ from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase
 
 from .conditions import set_condition
-from .model import Decision, EnsurePrimary, EnsureServices, Event, ScaleCanary, SetRoute, World
+from .model import Decision, EnsureApex, EnsurePrimary, EnsureServices, Event, ScaleCanary, SetRoute, World
 from .validation import spec_problems
 
 ROLLOUT_PHASES = (Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING)
@@ -25,7 +25,7 @@ STEADY_PHASES = (Phase.IDLE, Phase.SUCCEEDED, Phase.ROLLED_BACK)
 
 def analysis_due(status: CanaryReleaseStatus, now: datetime) -> bool:
     """Whether the handler should run the gates before calling decide() this tick."""
-    if status.phase != Phase.PROGRESSING or status.canary_weight <= 0 or status.pinned_analysis is None:
+    if status.phase != Phase.PROGRESSING or status.step_weight <= 0 or status.pinned_analysis is None:
         return False
     since = status.last_check_at or status.step_started_at
     return since is None or now >= since + parse_duration(status.pinned_analysis.interval)
@@ -53,9 +53,13 @@ class _Tick:
 
     def run(self) -> Decision:
         s, w = self.s, self.world
+        if w.routed_weight is not None:
+            s.canary_weight = w.routed_weight  # status tells the weight users get, not the one wished for
         if w.problems or w.target_revision is None:
             self._blocked()
         else:
+            if not self._paused:
+                self._unblock()
             s.phase = s.phase or Phase.INITIALIZING
             if s.phase == Phase.INITIALIZING:
                 self._initializing()
@@ -100,25 +104,58 @@ class _Tick:
         s = self.s
         problems = list(self.world.problems) or ["spec.targetRef: the target Deployment is missing"]
         s.message = "; ".join(problems)
+        if s.phase in ROLLOUT_PHASES:
+            self._block_clock()
         # Never touch the stable version because of bad input; only stop sending users to a canary
         # that can no longer be trusted or that has disappeared.
-        if s.phase in ROLLOUT_PHASES and s.canary_weight > 0 and self.world.routing_available:
+        if s.phase in ROLLOUT_PHASES and (s.step_weight > 0 or s.canary_weight > 0) and self.world.routing_available:
+            s.step_weight = 0
+            s.message += "; all traffic is back on the primary, and the steps restart from the first once this is fixed"
             self.d.actions.append(SetRoute(100, 0))
+
+    def _block_clock(self) -> None:
+        """Time blocked or paused mid-rollout does not count against holdTimeout."""
+        if self.s.blocked_since is None:
+            self.s.blocked_since = self.now
+
+    def _unblock(self) -> None:
+        s = self.s
+        if s.blocked_since is None:
+            return
+        if s.hold_started_at is not None and s.phase in ROLLOUT_PHASES:
+            s.hold_started_at += max(self.now - s.blocked_since, timedelta(0))
+        s.blocked_since = None
 
     def _initializing(self) -> None:
         s, w = self.s, self.world
-        self.d.actions += [EnsureServices(), EnsurePrimary(w.target_revision)]
-        if w.primary_ready and w.primary_revision == w.target_revision:
-            # Only a Ready primary gets traffic: the route may already exist and serve something else
-            # (a route handed back to the target by an earlier CanaryRelease of it).
-            self.d.actions += [SetRoute(100, 0), ScaleCanary(up=False)]
-            s.revisions.primary = w.target_revision
-            s.phase, s.canary_weight = Phase.IDLE, 0
-            s.message = f"primary serves revision {_short(w.target_revision)}"
-            self._event("Initialized", f"created the primary for revision {_short(w.target_revision)}; "
-                                       "all traffic goes to it")
+        if w.primary_revision is not None and w.primary_revision != w.target_revision:
+            # A primary of another revision (left serving by an earlier CanaryRelease of this
+            # target, or written before the target changed) is the stable version: never
+            # overwritten here; the Deployment's revision walks the steps once it serves.
+            serving, adopted = w.primary_revision, True
+            self.d.actions += [EnsureServices()]
         else:
-            s.message = f"waiting for the primary (revision {_short(w.target_revision)}) to be Ready"
+            serving, adopted = w.target_revision, False
+            self.d.actions += [EnsureServices(), EnsurePrimary(w.target_revision)]
+        if not w.primary_ready:
+            s.message = f"waiting for the primary (revision {_short(serving)}) to be Ready"
+            return
+        # Only a Ready primary gets traffic (the route may exist and serve something else: a route
+        # handed back to the target by an earlier CanaryRelease of it), and nothing is scaled
+        # down before the route is seen sending everything to the primary.
+        self.d.actions += [SetRoute(100, 0), EnsureApex()]
+        if w.routed_weight != 0:
+            s.message = f"routing all traffic to the primary (revision {_short(serving)})"
+            return
+        self.d.actions.append(ScaleCanary(up=False))
+        s.revisions.primary = serving
+        s.phase, s.step_weight = Phase.IDLE, 0
+        s.message = f"primary serves revision {_short(serving)}"
+        if adopted:
+            self._event("Initialized", f"adopted the primary serving revision {_short(serving)}; revision "
+                                       f"{_short(w.target_revision)} will be released through the steps")
+        else:
+            self._event("Initialized", f"created the primary for revision {_short(serving)}; all traffic goes to it")
 
     def _steady(self) -> None:
         s, w = self.s, self.world
@@ -169,33 +206,37 @@ class _Tick:
         self._ignore_requests("retry")
 
         if self._paused:
+            self._block_clock()
             if s.phase != Phase.PAUSED:
                 s.phase = Phase.PAUSED
-                self._event("Paused", f"rollout paused at {s.canary_weight}%: {self._pause_reason()}")
-            s.message = f"paused at {s.canary_weight}%: {self._pause_reason()}"
+                self._event("Paused", f"rollout paused at {s.step_weight}%: {self._pause_reason()}")
+            s.message = f"paused at {s.step_weight}%: {self._pause_reason()}"
             self._converge()
             return
         if s.phase == Phase.PAUSED:
             s.phase = Phase.PROGRESSING
-            # Evidence after a pause starts a fresh interval, and the pause does not count against
-            # holdTimeout.
+            # Evidence after a pause starts a fresh interval (the pause itself does not count
+            # against holdTimeout: see _unblock).
             s.last_check_at = self.now
             if s.step_started_at is not None:
                 s.step_started_at = self.now
-            self._event("Resumed", f"rollout resumed at {s.canary_weight}%")
+            self._unblock()
+            self._event("Resumed", f"rollout resumed at {s.step_weight}%")
 
-        if s.canary_weight == 0:
+        if s.step_weight == 0:
             if w.canary_ready:
                 self._enter_step(0)
             else:
                 s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
         elif w.checks is not None:
             checks = w.checks
-            if not w.canary_ready:
+            if not w.canary_available:
                 # Pods crashing mid-step leave the gates without data, which alone would only hold
-                # the step while its share of users gets errors: an unready canary fails the check.
+                # the step while its share of users gets errors: a canary with no Ready pod, or one
+                # whose rollout exceeded its progress deadline, fails the check. One pod coming and
+                # going (an eviction, a node drain) does not.
                 checks += (Check(name="canary-ready", kind="workload", result=CheckResult.FAILED, at=self.now,
-                                 message="the canary Deployment is not Ready"),)
+                                 message=w.canary_unavailable_reason or "the canary has no Ready pod"),)
             self._evaluate(checks)
         if s.phase == Phase.PROGRESSING:
             self._check_hold_timeout()
@@ -211,7 +252,7 @@ class _Tick:
         self._ignore_requests("abort", "promote", "retry")
         if w.primary_ready and w.primary_revision == s.revisions.canary:
             s.revisions.primary = s.revisions.canary
-            s.phase, s.canary_weight = Phase.SUCCEEDED, 0
+            s.phase, s.step_weight = Phase.SUCCEEDED, 0
             s.message = f"revision {_short(s.revisions.primary)} promoted; the primary serves it"
             self._event("Promoted", s.message)
         else:
@@ -226,9 +267,10 @@ class _Tick:
         s.revisions.canary = revision
         s.pinned_steps = list(self.spec.steps)
         s.pinned_analysis = self.spec.analysis.model_copy(deep=True)
-        s.step_index, s.canary_weight = 0, 0
+        s.step_index, s.step_weight = 0, 0
         s.step_started_at = s.last_check_at = None
-        s.rollout_started_at = self.now
+        s.rollout_started_at = s.hold_started_at = self.now
+        s.blocked_since = None
         s.last_checks = []
         s.rolled_back_revision = None
         self._reset_counters()
@@ -242,7 +284,7 @@ class _Tick:
         s, target = self.s, self.world.target_revision
         old = s.revisions.canary
         if target == s.revisions.primary:
-            s.phase, s.canary_weight = Phase.IDLE, 0
+            s.phase, s.step_weight = Phase.IDLE, 0
             s.message = f"the Deployment went back to the primary's revision {_short(target)}; rollout cancelled"
             self._event("RolloutCancelled", s.message)
             self._converge()
@@ -251,7 +293,7 @@ class _Tick:
                                    "restarting from the first step with the analysis now in the spec")
         if self._paused or self.spec_issues:
             # Send users back to the primary; the steady phase starts the new revision once it can.
-            s.phase, s.canary_weight = Phase.IDLE, 0
+            s.phase, s.step_weight = Phase.IDLE, 0
             reason = self._pause_reason() if self._paused else "; ".join(self.spec_issues)
             s.message = f"revision {_short(target)} waits: {reason}"
             self._converge()
@@ -261,11 +303,12 @@ class _Tick:
     def _enter_step(self, index: int) -> None:
         s = self.s
         steps = s.pinned_steps or self.spec.steps
-        s.step_index, s.canary_weight = index, steps[index]
+        s.step_index, s.step_weight = index, steps[index]
         s.step_started_at, s.last_check_at = self.now, None
+        s.hold_started_at = self.now
         self._reset_counters()
-        s.message = f"step {index + 1}/{len(steps)}: {s.canary_weight}% to the canary"
-        self._event("StepStarted", f"step {index + 1}/{len(steps)}: canary weight {s.canary_weight}%")
+        s.message = f"step {index + 1}/{len(steps)}: {s.step_weight}% to the canary"
+        self._event("StepStarted", f"step {index + 1}/{len(steps)}: canary weight {s.step_weight}%")
 
     def _reset_counters(self) -> None:
         s = self.s
@@ -279,8 +322,8 @@ class _Tick:
 
     def _rollback(self, reason: str, why: str) -> None:
         s = self.s
-        at = f"step {s.step_index + 1} ({s.canary_weight}%)" if s.canary_weight else "before the first step"
-        s.phase, s.canary_weight = Phase.ROLLED_BACK, 0
+        at = f"step {s.step_index + 1} ({s.step_weight}%)" if s.step_weight else "before the first step"
+        s.phase, s.step_weight = Phase.ROLLED_BACK, 0
         s.rolled_back_revision = s.revisions.canary
         s.message = f"rolled back revision {_short(s.revisions.canary)} at {at}: {why}"
         self._event("RolledBack", f"{reason}: {s.message}", warning=True)
@@ -314,7 +357,7 @@ class _Tick:
         elif any(c.result != CheckResult.PASSED for c in checks):
             s.checks_inconclusive += 1
             detail = "; ".join(c.describe() for c in checks if c.result != CheckResult.PASSED)
-            s.message = f"step {s.step_index + 1} holds at {s.canary_weight}%: {detail}"
+            s.message = f"step {s.step_index + 1} holds at {s.step_weight}%: {detail}"
         else:
             s.checks_passed += 1
             if s.checks_passed >= analysis.checks_per_step:
@@ -335,7 +378,8 @@ class _Tick:
     def _check_hold_timeout(self) -> None:
         s = self.s
         analysis = s.pinned_analysis
-        since = s.step_started_at or s.rollout_started_at  # also while waiting for the canary to be Ready
+        # Also while waiting for the canary to be Ready; shifted by time spent paused or blocked.
+        since = s.hold_started_at or s.step_started_at or s.rollout_started_at
         if analysis is None or analysis.hold_timeout is None or since is None:
             return
         if self.now - since >= parse_duration(analysis.hold_timeout):
@@ -348,14 +392,17 @@ class _Tick:
         """The actions that make the world match the status; idempotent, re-sent every tick."""
         s, actions = self.s, self.d.actions
         actions.clear()
+        # Applied in order, and the first failure stops the rest: each relies on the ones before
+        # it (users leave the canary before it is scaled down; the apex Service points at the
+        # primary before the target loses its pods; a canary gets traffic once it is scaled up).
         if s.phase in STEADY_PHASES:
-            # Route first: on rollback users leave the canary before it is scaled down.
-            actions += [SetRoute(100, 0), ScaleCanary(up=False), EnsureServices()]
+            actions += [SetRoute(100, 0), EnsureApex(), ScaleCanary(up=False), EnsureServices()]
         elif s.phase == Phase.PROMOTING:
             actions += [EnsureServices(), ScaleCanary(up=True), EnsurePrimary(s.revisions.canary),
-                        SetRoute(100 - s.canary_weight, s.canary_weight)]
+                        SetRoute(100 - s.step_weight, s.step_weight), EnsureApex()]
         else:
-            actions += [EnsureServices(), ScaleCanary(up=True), SetRoute(100 - s.canary_weight, s.canary_weight)]
+            actions += [EnsureServices(), ScaleCanary(up=True), SetRoute(100 - s.step_weight, s.step_weight),
+                        EnsureApex()]
 
     def _conditions(self) -> None:
         s, w, now, gen = self.s, self.world, self.now, self.s.observed_generation
@@ -376,4 +423,17 @@ class _Tick:
                               s.message if promoted else f"phase {phase.value}", now, gen)
         conds = set_condition(conds, "RolledBack", phase == Phase.ROLLED_BACK, phase.value,
                               s.message if phase == Phase.ROLLED_BACK else "", now, gen)
+        if w.warnings is not None:
+            conds = self._warning_condition(conds, w.warnings)
         s.conditions = conds
+
+    def _warning_condition(self, conds: list, warnings: tuple[str, ...]) -> list:
+        """Other Services and routes that reach the target's pods lose them while the target is
+        scaled to zero: named before anything is scaled, as a condition and once as an Event."""
+        before = next((c for c in conds if c.type == "Warning"), None)
+        message = "; ".join(warnings)
+        if warnings and (before is None or before.status != "True" or before.message != message):
+            self._event("TargetPodsSelectedElsewhere", message, warning=True)
+        return set_condition(conds, "Warning", bool(warnings),
+                             "TargetPodsSelectedElsewhere" if warnings else "NoWarning", message, self.now,
+                             self.s.observed_generation)

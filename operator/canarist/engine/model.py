@@ -26,6 +26,11 @@ class World:
     primary_revision: str | None = None  # revision the primary Deployment was last written with
     primary_ready: bool = False
     canary_ready: bool = False           # the target runs its replicas of target_revision, all Ready
+    canary_available: bool = False       # the canary runs target_revision with at least one Ready pod and
+    #                                      its rollout has not exceeded its progress deadline
+    canary_unavailable_reason: str = ""  # why canary_available is False, for the failed check
+    routed_weight: int | None = None     # the canary's weight in the route as read this tick (None: no route)
+    warnings: tuple[str, ...] | None = None  # other Services/routes that select the target's pods (None: not looked)
     problems: tuple[str, ...] = ()       # blocking problems of the environment (missing target, CRDs, ...)
     routing_available: bool = True       # the route can be written (its CRDs exist)
     requests: Requests = field(default_factory=Requests)
@@ -45,6 +50,11 @@ class EnsureServices:
 
 
 @dataclass(frozen=True)
+class EnsureApex:
+    """Point the Service named after the target (if canarist adopted it) at the primary's pods."""
+
+
+@dataclass(frozen=True)
 class SetRoute:
     primary: int
     canary: int
@@ -57,7 +67,7 @@ class ScaleCanary:
     up: bool
 
 
-Action = Union[EnsurePrimary, EnsureServices, SetRoute, ScaleCanary]
+Action = Union[EnsurePrimary, EnsureServices, EnsureApex, SetRoute, ScaleCanary]
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def test_operator_with_the_chart_identity_sets_up_rolls_and_releases(stack, clus
 
         # Deletion: kopf's finalizer handler hands the route and the canary Service back.
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "web")
-        wait_until(lambda: "Handler 'restore_target' succeeded" in operator_log(chart_operator), 60,
+        wait_until(lambda: "Handler 'release' succeeded" in operator_log(chart_operator), 60,
                    "the deletion handler to succeed")
         assert cluster.route_weights("web") == (0, 100)  # all on web-canary: the target serves again
     except (AssertionError, TimeoutError) as exc:

@@ -112,7 +112,8 @@ except on the HTTPRoute canarist owns.
 - apiGroups: [canarist.dev]
   resources: [canaryreleases/finalizers]
   verbs: [update]
-# The target Deployment is read; <target>-primary is created and replaced. Never deleted: the
+# The target Deployment is read; <target>-primary is created, replaced, and patched (its
+# ownerReferences dropped when deletion leaves it serving, or taken by a new release). Never deleted: the
 # garbage collector removes it through its ownerReference.
 - apiGroups: [apps]
   resources: [deployments]

@@ -11,31 +11,22 @@ import os
 from datetime import datetime, timezone
 
 import kopf
-import kubernetes
 
 from canarist.api.crd import GROUP, PLURAL, VERSION
-from canarist.api.spec import CanaryReleaseSpec
-from canarist.kube.workloads import Workloads, canary_service_name, is_ready, primary_name
+from canarist.kube.client import load_client
 
-from .tick import OperatorContext, owner_reference, router_for, run_tick
+from .finalize import Retry, finalize_release
+from .tick import OperatorContext, run_tick
 
 TICK_SECONDS = float(os.environ.get("CANARIST_TICK_SECONDS", "5"))
 FINALIZER = "canarist.dev/finalizer"
 _context: OperatorContext | None = None
 
 
-def _load_kube_config() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
-
-
 def context() -> OperatorContext:
     global _context
     if _context is None:
-        _context = OperatorContext(api=_load_kube_config())
+        _context = OperatorContext(api=load_client())
     return _context
 
 
@@ -44,36 +35,33 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
+    # kopf's own API calls are bounded too: a half-open watch is dropped and re-established.
     settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.watching.connect_timeout = 10
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = 30
     context()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, sharp=False)
-def tick(namespace: str, name: str, **_) -> None:
-    run_tick(context(), namespace, name, datetime.now(timezone.utc))
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, sharp=False, backoff=TICK_SECONDS)
+def tick(namespace: str, name: str, logger: logging.Logger, **_) -> None:
+    # A failing tick is logged and retried on the next tick, never after kopf's one-minute backoff:
+    # a rollback waiting on a transient API error must go out as soon as the API answers again.
+    try:
+        run_tick(context(), namespace, name, datetime.now(timezone.utc))
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("tick failed, retried in %gs: %s: %s", TICK_SECONDS, type(exc).__name__, exc)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def restore_target(body: kopf.Body, namespace: str, retry: int, logger: logging.Logger, **_) -> None:
-    """Hand the workload back: the target serves again through its own Service, then GC removes the rest."""
-    ctx = context()
-    raw = dict(body)
+def release(body: kopf.Body, retry: int, logger: logging.Logger, **_) -> None:
+    """Hand the workload back, or leave the primary serving (canarist.handlers.finalize)."""
     try:
-        spec = CanaryReleaseSpec.model_validate(raw.get("spec") or {})
-    except ValueError:
-        return  # nothing was ever created for an invalid spec
-    workloads = Workloads(ctx.api, namespace, spec.target_ref.name, owner_reference(raw))
-    target, primary = workloads.read_target(), workloads.read_primary()
-    if target is not None:
-        workloads.scale_canary(target, primary, up=True)
-        # Wait (bounded) for the target's pods before moving traffic off the primary.
-        if not is_ready(workloads.read_target()) and retry < 30:
-            raise kopf.TemporaryError(f"waiting for Deployment {spec.target_ref.name} to be Ready", delay=2)
-    router = router_for(ctx, raw, spec)
-    try:
-        router.finalize(keep_serving=canary_service_name(spec.target_ref.name) if target is not None else None)
-        workloads.release_canary_service()
-    except Exception as exc:  # routing may be gone (CRDs removed); deletion must not hang on it
-        logger.warning("could not hand the route over: %s", exc)
-    logger.info("released %s; %s and its Service are removed by garbage collection",
-                spec.target_ref.name, primary_name(spec.target_ref.name))
+        logger.info(finalize_release(context(), dict(body)))
+    except Retry as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+    except Exception as exc:  # noqa: BLE001 - the finalizer stays until the hand-over succeeded
+        delay = min(2.0 ** min(retry, 5), 30.0)
+        raise kopf.TemporaryError(f"finalization failed, retried in {delay:g}s: {type(exc).__name__}: {exc}",
+                                  delay=delay) from exc

@@ -32,3 +32,10 @@ def replace_status(api: kubernetes.client.ApiClient, body: dict, status: CanaryR
         if exc.status == 409:
             raise StaleRead(str(exc.reason)) from exc
         raise
+
+
+def confirm_weight(api: kubernetes.client.ApiClient, body: dict, weight: int) -> None:
+    """Record the canary weight a route write just put in force: status tells what users get."""
+    kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body["metadata"]["name"],
+        {"status": {"canaryWeight": weight}})

@@ -18,8 +18,13 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from .replicas import desired_replicas, handover_replicas
+
 REVISION_ANNOTATION = "canarist.dev/revision"
+# On the user's Service named after the target, while canarist points it at the primary.
+APEX_SELECTOR_ANNOTATION = "canarist.dev/original-selector"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "canarist"}
+_LABEL_VALUE_MAX = 63
 
 
 class WorkloadProblem(Exception):
@@ -41,8 +46,26 @@ def canary_service_name(target: str) -> str:
     return f"{target}-canary"
 
 
+def primary_label_value(value: str) -> str:
+    """`value-primary`, kept a valid label value (<= 63 characters) for long values: the value is
+    shortened and a hash of it keeps distinct values distinct."""
+    if not value:
+        return "primary"
+    candidate = f"{value}-primary"
+    if len(candidate) <= _LABEL_VALUE_MAX:
+        return candidate
+    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
+    head = value[:_LABEL_VALUE_MAX - len(digest) - len("--primary")].rstrip("-_.")
+    return f"{head}-{digest}-primary"
+
+
 def primary_labels(selector: dict[str, str]) -> dict[str, str]:
-    return {key: f"{value}-primary" for key, value in selector.items()}
+    return {key: primary_label_value(value) for key, value in selector.items()}
+
+
+def selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
+    """Whether a Service selector picks pods carrying `labels` (an empty selector picks none)."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 def with_variant_env(template: dict, release: str, revision: str) -> dict:
@@ -57,6 +80,21 @@ def with_variant_env(template: dict, release: str, revision: str) -> dict:
         env = [e for e in container.get("env", []) if e.get("name") not in ours]
         container["env"] = env + [{"name": k, "value": v} for k, v in ours.items()]
     return template
+
+
+def availability(deployment: dict | None) -> tuple[bool, str]:
+    """Whether a Deployment serves at all: at least one Ready pod of its current template and
+    a rollout that has not exceeded its progress deadline. (True, "") or (False, why)."""
+    if not deployment:
+        return False, "the canary Deployment is missing"
+    status = deployment.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return False, f"the canary Deployment exceeded its progress deadline: {condition.get('message', '')}"
+    current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    if not current or min(status.get("readyReplicas", 0), status.get("updatedReplicas", 0)) < 1:
+        return False, "the canary has no Ready pod"
+    return True, ""
 
 
 def is_ready(deployment: dict | None) -> bool:
@@ -153,9 +191,33 @@ class Workloads:
     # -- canary (the target itself) ----------------------------------------------------------
 
     def scale_canary(self, target: dict, primary: dict | None, up: bool) -> None:
-        replicas = (primary["spec"].get("replicas", 1) if primary else max(1, target["spec"].get("replicas", 1))) if up else 0
-        if target["spec"].get("replicas") != replicas:
-            self._apps.patch_namespaced_deployment_scale(self.target, self.namespace, {"spec": {"replicas": replicas}})
+        """Scale the canary up or down and let the primary follow your replica count, without
+        fighting an HPA (the rules are in canarist.kube.replicas)."""
+        from . import autoscaling
+
+
+        hpas = autoscaling.sync_primary_hpa(self.api, self.namespace, self.target, primary_name(self.target),
+                                            self.owner) if primary is not None else None
+        plan = desired_replicas(target["spec"].get("replicas"),
+                                primary["spec"].get("replicas") if primary is not None else None, up,
+                                hpa_min_replicas=hpas.min_replicas if hpas else None,
+                                primary_hpa=bool(hpas and hpas.twin))
+        # The primary first: scaling the target to zero erases the only record of your count.
+        if plan.primary is not None and primary is not None:
+            self._apps.patch_namespaced_deployment_scale(primary_name(self.target), self.namespace,
+                                                         {"spec": {"replicas": plan.primary}})
+        if plan.target is not None:
+            self.scale_target(plan.target)
+
+    def hand_back_scale(self, target: dict, primary: dict | None) -> None:
+        """On deletion: the target takes all traffic back, at least at the primary's count."""
+        replicas = handover_replicas(target["spec"].get("replicas"),
+                                     primary["spec"].get("replicas") if primary is not None else None)
+        if replicas is not None:
+            self.scale_target(replicas)
+
+    def scale_target(self, replicas: int) -> None:
+        self._apps.patch_namespaced_deployment_scale(self.target, self.namespace, {"spec": {"replicas": replicas}})
 
     def canary_ready(self, target: dict, revision: str | None) -> bool:
         return revision is not None and template_hash(target) == revision and is_ready(target)
@@ -240,10 +302,110 @@ class Workloads:
 
     def release_canary_service(self) -> None:
         """Drop our ownerReference so the canary Service (selecting the target's pods) outlives us."""
-        name = canary_service_name(self.target)
+        self.release_service(canary_service_name(self.target))
+
+    def release_service(self, name: str) -> None:
+        """Drop our ownerReference from a Service, so garbage collection leaves it serving."""
         existing = self._read_service(name)
         if existing is None:
             return
-        existing.metadata.owner_references = [
-            o for o in existing.metadata.owner_references or [] if o.uid != self.owner["uid"]] or None
-        self._core.replace_namespaced_service(name, self.namespace, existing)
+        refs = existing.metadata.owner_references or []
+        if not any(o.uid == self.owner["uid"] for o in refs):
+            return
+        existing.metadata.owner_references = [o for o in refs if o.uid != self.owner["uid"]] or None
+        self._services[name] = self._core.replace_namespaced_service(name, self.namespace, existing)
+
+    def release_primary(self) -> None:
+        """Drop our ownerReference from the primary Deployment, so garbage collection leaves it serving."""
+        primary = self.read_primary()
+        if primary is None:
+            return
+        refs = primary["metadata"].get("ownerReferences") or []
+        if not any(o.get("uid") == self.owner["uid"] for o in refs):
+            return
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": primary["metadata"]["resourceVersion"]},
+                 {"op": "replace", "path": "/metadata/ownerReferences",
+                  "value": [o for o in refs if o.get("uid") != self.owner["uid"]]}]
+        self._apps.patch_namespaced_deployment(primary_name(self.target), self.namespace, patch)
+
+    def adopt_primary(self, primary: dict) -> dict:
+        """Own a primary left serving by an earlier CanaryRelease of this target (canarist's label,
+        no controller): it keeps the revision it serves."""
+        refs = [o for o in primary["metadata"].get("ownerReferences") or [] if not o.get("controller")]
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": primary["metadata"]["resourceVersion"]},
+                 {"op": "replace" if "ownerReferences" in primary["metadata"] else "add",
+                  "path": "/metadata/ownerReferences", "value": [*refs, self.owner]}]
+        raw = self._apps.patch_namespaced_deployment(primary_name(self.target), self.namespace, patch,
+                                                     _preload_content=False)
+        return json.loads(raw.data)
+
+    @staticmethod
+    def orphaned(obj_meta: dict) -> bool:
+        """Left by canarist with no controller: adoptable by a CanaryRelease of the same target."""
+        labels = obj_meta.get("labels") or {}
+        return (labels.get("app.kubernetes.io/managed-by") == "canarist"
+                and not any(o.get("controller") for o in obj_meta.get("ownerReferences") or []))
+
+    # -- the apex Service: the user's own Service named after the target ------------------------
+
+    def ensure_apex(self, target: dict, adopt: bool) -> None:
+        """Point the Service named after the target at the primary's pods (Flagger's apex Service),
+        so its clients keep being served while the target is scaled to zero. Only a Service that
+        selects the target's pods is taken over; its selector is kept in an annotation and put back
+        when the workload is handed back. Never owned, so never garbage-collected."""
+        service = self._read_service(self.target)
+        if service is None:
+            return
+        annotations = service.metadata.annotations or {}
+        wanted = primary_labels(self.selector(target))
+        if APEX_SELECTOR_ANNOTATION in annotations:
+            if service.spec.selector != wanted:
+                self._core.patch_namespaced_service(self.target, self.namespace, {"spec": {"selector": wanted}})
+            return
+        pod_labels = (target["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        if not adopt or not selects(service.spec.selector, pod_labels):
+            return
+        # A JSON patch with a resourceVersion test: the selector saved is the one replaced.
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": service.metadata.resource_version},
+                 {"op": "add" if service.metadata.annotations else "replace", "path": "/metadata/annotations",
+                  "value": {**annotations, APEX_SELECTOR_ANNOTATION: json.dumps(service.spec.selector, sort_keys=True)}},
+                 {"op": "replace", "path": "/spec/selector", "value": wanted}]
+        self._services[self.target] = self._core.patch_namespaced_service(
+            self.target, self.namespace, patch)
+
+    def restore_apex(self) -> bool:
+        """Give the Service named after the target its own selector back; True if it was ours."""
+        service = self._read_service(self.target)
+        annotations = (service.metadata.annotations or {}) if service is not None else {}
+        if APEX_SELECTOR_ANNOTATION not in annotations:
+            return False
+        original = json.loads(annotations[APEX_SELECTOR_ANNOTATION])
+        rest = {k: v for k, v in annotations.items() if k != APEX_SELECTOR_ANNOTATION}
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": service.metadata.resource_version},
+                 {"op": "replace", "path": "/metadata/annotations", "value": rest},
+                 {"op": "replace", "path": "/spec/selector", "value": original}]
+        self._services[self.target] = self._core.patch_namespaced_service(
+            self.target, self.namespace, patch)
+        return True
+
+    def bypasses(self, target: dict, adopt_apex: bool) -> list[str]:
+        """Other Services that select the target's pods: they lose their endpoints while the
+        target is scaled to zero, so the user is told before anything is scaled."""
+        pod_labels = (target["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        ours = {canary_service_name(self.target), primary_name(self.target)}
+        found = []
+        for service in self._core.list_namespaced_service(self.namespace).items:
+            name = service.metadata.name
+            annotations = service.metadata.annotations or {}
+            if name in ours or APEX_SELECTOR_ANNOTATION in annotations or (name == self.target and adopt_apex):
+                continue
+            if selects(service.spec.selector, pod_labels):
+                found.append(name)
+        if not found:
+            return []
+        names = ", ".join(repr(n) for n in sorted(found))
+        return [f"Service(s) {names} select the pods of Deployment {self.target!r} and get no endpoints while "
+                f"canarist scales it to zero between rollouts; point them at {self.target + '-primary'!r} "
+                f"(stable) or at the HTTPRoute's hostnames instead"
+                + ("" if adopt_apex else f", or set spec.service.adoptTargetService to let canarist manage "
+                                          f"{self.target!r}")]

@@ -115,8 +115,10 @@ class GatewayAPIRouter:
     """Manages the HTTPRoute `namespace/name` of one CanaryRelease (see TrafficRouter)."""
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, name: str, owner: dict,
-                 parent_refs: list[dict], hostnames: list[str], matches: list[dict] | None, port: int,
-                 primary_service: str, canary_service: str) -> None:
+                 parent_refs: list[dict] | None, hostnames: list[str] | None, matches: list[dict] | None,
+                 port: int | None, primary_service: str, canary_service: str) -> None:
+        """parent_refs, hostnames and port come from a valid spec; without them (an invalid spec)
+        the router can still move weights on the existing route (reweight) and release it."""
         if not owner.get("uid"):
             raise ValueError("owner must be an ownerReference with a uid")
         if primary_service == canary_service:
@@ -125,8 +127,8 @@ class GatewayAPIRouter:
         self.namespace = namespace
         self.name = name
         self.owner = dict(owner)
-        self.parent_refs = parent_refs
-        self.hostnames = hostnames
+        self.parent_refs = parent_refs or []
+        self.hostnames = hostnames or []
         self.matches = matches
         self.port = port
         self.primary_service = primary_service
@@ -136,6 +138,8 @@ class GatewayAPIRouter:
 
     def ensure(self, primary_weight: int, canary_weight: int) -> None:
         validate_weights(primary_weight, canary_weight)
+        if self.port is None or not self.parent_refs:
+            raise RoutingError(f"{FIELD}: the spec does not say how to route; fix it (the route was left as it is)")
         desired = self._build([(self.primary_service, primary_weight), (self.canary_service, canary_weight)],
                               owned=True)
         for _ in range(_ATTEMPTS):
@@ -173,10 +177,27 @@ class GatewayAPIRouter:
                 if self._delete(current["metadata"]["uid"]):
                     return
                 continue
-            # The label stays, so a CanaryRelease created later under this name adopts the route.
-            desired = self._build([(keep_serving, 100)], owned=False)
-            if self._write_if_changed(current, desired, owned=False):
+            # Rewired in place (parents, hostnames, matches as they are), so it works whatever the
+            # spec says now. The label stays, so a CanaryRelease created later adopts the route.
+            if self._rewire(current, {keep_serving: 100}, owned=False):
                 return
+        raise RoutingError(f"{FIELD}: HTTPRoute {self._ref} kept changing under canarist; "
+                           f"gave up after {_ATTEMPTS} attempts (will retry)")
+
+    def reweight(self, primary_weight: int, canary_weight: int) -> bool:
+        """Move the weights of the existing route, leaving the rest of it as it is: the way back to
+        the primary when the route canarist would build from the spec is rejected or unknown.
+        False when there is no route to move."""
+        validate_weights(primary_weight, canary_weight)
+        for _ in range(_ATTEMPTS):
+            current = self._get()
+            if current is None:
+                return False
+            if self._ownership(current) == "foreign":
+                raise self._conflict(current)
+            if self._rewire(current, {self.primary_service: primary_weight, self.canary_service: canary_weight},
+                            owned=self._ownership(current) == "ours"):
+                return True
         raise RoutingError(f"{FIELD}: HTTPRoute {self._ref} kept changing under canarist; "
                            f"gave up after {_ATTEMPTS} attempts (will retry)")
 
@@ -235,6 +256,18 @@ class GatewayAPIRouter:
         meta.pop("managedFields", None)
         return {"apiVersion": desired["apiVersion"], "kind": desired["kind"], "metadata": meta,
                 "spec": copy.deepcopy(desired["spec"])}
+
+    def _rewire(self, current: Mapping[str, Any], weights: Mapping[str, int], owned: bool) -> bool:
+        """`current` with every rule's backends replaced by `weights`; False when it changed meanwhile."""
+        spec = copy.deepcopy(dict(current.get("spec") or {}))
+        for rule in spec.get("rules") or []:
+            ports = {ref.get("name"): ref.get("port") for ref in rule.get("backendRefs") or []}
+            port = ports.get(self.primary_service) or ports.get(self.canary_service) or self.port
+            rule["backendRefs"] = [{"name": service, "port": ports.get(service) or port, "weight": weight}
+                                   for service, weight in weights.items()]
+        desired = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                   "metadata": {"labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": spec}
+        return self._write_if_changed(current, desired, owned=owned)
 
     def _write_if_changed(self, current: Mapping[str, Any], desired: Mapping[str, Any], owned: bool) -> bool:
         """Replace `current` unless it already matches; False when it changed meanwhile (retry)."""

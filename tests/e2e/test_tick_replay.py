@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from canarist.analysis.gates import GateClients
 from canarist.devstack.procs import wait_until
 from canarist.handlers import tick as tick_module
 from canarist.handlers.tick import OperatorContext, run_tick
@@ -22,8 +23,9 @@ class Killed(BaseException):
     pass
 
 
-def test_events_of_a_replayed_transition_are_posted_exactly_once(cluster, kube_client, monkeypatch):
-    ctx = OperatorContext(api=kube_client)
+def test_events_of_a_replayed_transition_are_posted_exactly_once(stack, cluster, kube_client, monkeypatch):
+    # Gates ask the stack's Prometheus, never the operator's in-cluster default address.
+    ctx = OperatorContext(api=kube_client, gates=GateClients(default_prometheus=stack.prometheus.url))
     cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
                                                    canary_release("web", "web"))
@@ -55,7 +57,7 @@ def test_events_of_a_replayed_transition_are_posted_exactly_once(cluster, kube_c
 
     cluster.set_image("web", "registry.test/web:v2")
     cut_at(lambda s: s.phase is not None and s.phase.value == "Progressing", after_write=True)
-    cut_at(lambda s: s.canary_weight == 1, after_write=False)
+    cut_at(lambda s: s.step_weight == 1, after_write=False)
     assert cluster.status("web")["canaryWeight"] == 0, "the cut tick wrote no status"
     tick_until(lambda s: s.get("canaryWeight") == 1, "the replayed step")
     reasons = [e.reason for e in cluster.events("web")]

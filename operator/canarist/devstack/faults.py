@@ -236,15 +236,17 @@ class ApiFaults:
 
     @contextmanager
     def failing_writes(self, namespace: str, resources: Sequence[tuple[str, str, str]] = (HTTPROUTES,),
-                       operations: Sequence[str] = WRITES, timeout: float = 30) -> Iterator[str]:
-        """While inside, `operations` on `resources` ("deployments/scale" works too) in `namespace` fail.
+                       operations: Sequence[str] = WRITES, timeout: float = 30,
+                       object_selector: dict | None = None) -> Iterator[str]:
+        """While inside, `operations` on `resources` ("deployments/scale" works too) in `namespace` fail;
+        with `object_selector` (a label selector), only on objects it matches.
 
         Yields the ValidatingWebhookConfiguration's name. The API server applies webhook
         configuration from an informer, so both entering and leaving wait until it is in force.
         """
         name = f"canarist-fault-{uuid.uuid4().hex[:8]}"
         self._admission.create_validating_webhook_configuration(self._configuration(
-            name, namespace, resources, operations))
+            name, namespace, resources, operations, object_selector))
         try:
             wait_until(lambda: not self._probe_passes(namespace, name), timeout, f"webhook {name} in force")
             yield name
@@ -258,7 +260,7 @@ class ApiFaults:
 
     @staticmethod
     def _configuration(name: str, namespace: str, resources: Sequence[tuple[str, str, str]],
-                       operations: Sequence[str]) -> dict:
+                       operations: Sequence[str], object_selector: dict | None = None) -> dict:
         # Nothing listens on this port, so every call fails at once with "connection refused";
         # failurePolicy Fail turns that into the API server's own 500 InternalError.
         url = f"https://127.0.0.1:{free_port()}/canarist-fault"
@@ -274,7 +276,8 @@ class ApiFaults:
                 "webhooks": [
                     webhook("writes", [{"apiGroups": [group], "apiVersions": [version], "resources": [resource],
                                         "operations": list(operations), "scope": "Namespaced"}
-                                       for group, version, resource in resources]),
+                                       for group, version, resource in resources],
+                            **({"objectSelector": object_selector} if object_selector else {})),
                     # A second webhook in the same object, matching only a labelled ConfigMap, tells
                     # us by a dry-run create whether the API server has this object in force yet,
                     # whatever the faulted resources are (the two arrive in one informer event).
@@ -298,7 +301,8 @@ class ApiFaults:
 @contextmanager
 def failing_writes(api: kubernetes.client.ApiClient, namespace: str,
                    resources: Sequence[tuple[str, str, str]] = (HTTPROUTES,),
-                   operations: Sequence[str] = WRITES, timeout: float = 30) -> Iterator[str]:
+                   operations: Sequence[str] = WRITES, timeout: float = 30,
+                   object_selector: dict | None = None) -> Iterator[str]:
     """`ApiFaults(api).failing_writes(...)`, for one-off use."""
-    with ApiFaults(api).failing_writes(namespace, resources, operations, timeout) as name:
+    with ApiFaults(api).failing_writes(namespace, resources, operations, timeout, object_selector) as name:
         yield name

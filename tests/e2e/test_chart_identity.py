@@ -82,11 +82,14 @@ def test_operator_with_the_chart_identity_sets_up_rolls_and_releases(stack, clus
         wait_until(lambda: cluster.route_weights("web") == (99, 1), 60, "the 1% step on the route")
         assert cluster.status("web")["phase"] == "Progressing"
 
-        # Deletion: kopf's finalizer handler hands the route and the canary Service back.
+        # Deletion mid-rollout: kopf's finalizer handler leaves the primary serving (the target holds
+        # an unpromoted revision): route, Services and primary released from the CanaryRelease.
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "web")
         wait_until(lambda: "Handler 'release' succeeded" in operator_log(chart_operator), 60,
                    "the deletion handler to succeed")
-        assert cluster.route_weights("web") == (0, 100)  # all on web-canary: the target serves again
+        assert cluster.route_weights("web") == (100, 0)  # all on web-primary: never the unpromoted target
+        assert not cluster.deployment("web-primary").metadata.owner_references
+        assert "LeftPrimaryServing" in {e.reason for e in cluster.events("web")}
     except (AssertionError, TimeoutError) as exc:
         # A missing permission shows up as a step that never happens; say which request was denied.
         errors = rbac_errors(operator_log(chart_operator))

@@ -127,7 +127,25 @@ def test_judge_process_scores_pairs_and_stops_cleanly(judge, llm, tmp_path):
     assert canary["pairwise"] == {"wins": 1, "losses": 4, "ties": 6}
     assert primary["pairwise"] == {"wins": 4, "losses": 1, "ties": 6}
     assert canary["budget"]["tokensUsed"] > 0 and canary["budget"]["exhausted"] is False
+    assert canary["sumScores"] == pytest.approx(7 * 0.95 + 4 * 0.1)
+    assert canary["sumSquares"] == pytest.approx(7 * 0.95**2 + 4 * 0.1**2)
     assert llm.stats()["unauthorized"] == 0
+
+    # The pair stream: all eleven, once each, in pages, with the same outcomes as the verdict's pairwise counts.
+    stream, cursor = [], None
+    while True:
+        code, body = judge.get("/v1/pairs", release=RELEASE, limit=4, canaryRevision="new2", since=since,
+                               **({"after": cursor} if cursor else {}))
+        assert code == 200, body
+        page = json.loads(body)
+        stream += page["pairs"]
+        cursor = page["cursor"]
+        if not page["more"]:
+            break
+    assert len(stream) == 11 and len({p["fingerprint"] for p in stream}) == 11
+    assert [p["id"] for p in stream] == sorted(p["id"] for p in stream)
+    assert sorted(p["outcome"] for p in stream) == ["loss"] * 4 + ["tie"] * 6 + ["win"]
+    assert json.loads(judge.get("/v1/pairs", release=RELEASE, canaryRevision="other")[1])["pairs"] == []
 
     code, body = judge.get("/v1/export", release=RELEASE, variant="canary")
     cases = [json.loads(line) for line in body.decode().splitlines()]
@@ -165,6 +183,9 @@ def test_sigterm_during_llm_calls_exits_at_once_and_a_restart_resumes_the_work(t
             {"release": RELEASE, "variant": "canary", "request": question, "response": "It is 43."}]})
         assert code == 202
         wait_until(lambda: llm.stats()["requests"] >= 3, 10, "the judge's LLM calls to start")
+        code, body = first.get("/v1/pairs", release=RELEASE)
+        assert code == 200 and json.loads(body)["pairs"] == [], "nothing is complete yet"
+        cursor = json.loads(body)["cursor"]
         started = time.monotonic()
         os.kill(first.proc.pid, signal.SIGTERM)
         assert first.proc.wait(timeout=10) == 0
@@ -180,6 +201,11 @@ def test_sigterm_during_llm_calls_exits_at_once_and_a_restart_resumes_the_work(t
                             and sum(v["pairwise"].values()) == 1 and v, 30, "the resumed work")
         assert (canary["judged"], canary["meanScore"], canary["pairwise"]["losses"]) == (1, pytest.approx(0.1), 1)
         assert verdict(second, "primary", since)["meanScore"] == pytest.approx(0.95)
+        code, body = second.get("/v1/pairs", release=RELEASE, after=cursor)
+        assert code == 200, body
+        resumed = json.loads(body)["pairs"]
+        assert [(p["primaryScore"], p["canaryScore"], p["outcome"]) for p in resumed] == \
+            [(pytest.approx(0.95), pytest.approx(0.1), "loss")], "the first process's cursor is good after a restart"
     finally:
         stop_process_group(second.proc.pid, grace=10)
     assert SECRET not in (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()

@@ -146,6 +146,7 @@ def test_ingest_score_and_verdict_numbers_are_exact():
                 "since": "2026-11-27T10:00:00Z", "until": "2026-11-27T11:00:00Z",
                 "ingested": 4, "sampled": 4, "judged": 4, "pending": 0, "errors": 0, "skippedBudget": 0,
                 "meanScore": pytest.approx(0.65), "ci95": [pytest.approx(ci[0]), pytest.approx(ci[1])],
+                "sumScores": pytest.approx(2.6), "sumSquares": pytest.approx(0.81 + 0.64 + 0.49 + 0.04),
                 "passMark": 0.5, "failed": 1,
                 "pairwise": {"wins": 0, "losses": 0, "ties": 0},
                 "budget": {"tokensUsed": 50, "tokenBudget": None, "exhausted": False},
@@ -155,6 +156,7 @@ def test_ingest_score_and_verdict_numbers_are_exact():
             assert (await verdict(client, revision="other"))["judged"] == 0
             empty = await verdict(client, variant="primary")
             assert (empty["ingested"], empty["meanScore"], empty["ci95"]) == (0, None, None)
+            assert (empty["sumScores"], empty["sumSquares"]) == (0.0, 0.0), "sums over nothing are 0, not null"
             one = await verdict(client, until=at(1))
             assert (one["judged"], one["meanScore"], one["ci95"]) == (1, 0.9, None)
         assert scorer.closed

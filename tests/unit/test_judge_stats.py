@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -50,7 +51,8 @@ def test_nothing_judged_has_no_mean_and_no_interval():
 
 
 def test_one_score_has_a_mean_but_no_interval():
-    assert summarize([0.3], 0.5) == Summary(judged=1, mean=0.3, ci95=None, failed=1)
+    assert summarize([0.3], 0.5) == Summary(judged=1, mean=0.3, ci95=None, failed=1,
+                                             sum_scores=0.3, sum_squares=pytest.approx(0.09))
 
 
 def test_known_interval():
@@ -70,7 +72,8 @@ def test_interval_is_clipped_to_the_unit_interval():
 
 
 def test_identical_scores_have_a_zero_width_interval():
-    assert summarize([0.95] * 10, 0.5) == Summary(judged=10, mean=pytest.approx(0.95), ci95=(0.95, 0.95), failed=0)
+    assert summarize([0.95] * 10, 0.5) == Summary(judged=10, mean=pytest.approx(0.95), ci95=(0.95, 0.95), failed=0,
+                                                  sum_scores=pytest.approx(9.5), sum_squares=pytest.approx(9.025))
 
 
 def test_failed_counts_scores_strictly_below_the_pass_mark():
@@ -85,3 +88,11 @@ def test_large_sample_uses_the_expansion():
     half = 1.962341 * sd / math.sqrt(len(scores))
     assert s.mean == pytest.approx(mean)
     assert s.ci95 == (pytest.approx(mean - half, abs=1e-5), pytest.approx(mean + half, abs=1e-5))
+
+
+def test_sums_are_sufficient_for_the_mean_and_the_sample_variance():
+    scores = [0.9, 0.8, 0.7, 0.2, 0.55]
+    s = summarize(scores, 0.5)
+    n = s.judged
+    assert s.sum_scores / n == pytest.approx(s.mean)
+    assert (s.sum_squares - s.sum_scores**2 / n) / (n - 1) == pytest.approx(statistics.variance(scores))

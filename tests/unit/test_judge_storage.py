@@ -190,3 +190,163 @@ def test_a_failed_batch_stores_nothing(db):
     with pytest.raises(sqlite3.IntegrityError):
         db.insert_samples([sample("canary", "ok"), sample("stable", "bad")])  # type: ignore[arg-type]
     assert db.counts(R, "canary", -(2**62), 2**62).ingested == 0
+
+
+# -- the pair stream (GET /v1/pairs) -----------------------------------------------------------
+
+
+def make_pairs(db: Storage, n: int, prefix: str = "q", *, ts: tuple[int, int] = (0, 0),
+               revisions: tuple[str | None, str | None] = (None, None)) -> list[tuple[int, int, int]]:
+    """n pending pairs of inputs {prefix}0.. as (pair id, primary sample id, canary sample id)."""
+    out = []
+    for i in range(n):
+        got = db.insert_samples([sample("primary", f"{prefix}{i}", ts=ts[0], revision=revisions[0]),
+                                 sample("canary", f"{prefix}{i}", ts=ts[1], revision=revisions[1])])
+        out.append((got.pending_pairs[0], *got.pending_samples))
+    return out
+
+
+def stream(db: Storage, after: int = 0, **kw) -> list[int]:
+    return [p.seq for p in db.pairs_after(R, after, **kw).pairs]
+
+
+def test_a_pair_enters_the_stream_when_its_last_part_finishes_whatever_the_order(db):
+    (a, ap, ac), (b, bp, bc), (c, cp, cc) = make_pairs(db, 3)
+    # a: comparison first, then both scores; b: scores first, comparison last; c: canary, comparison, primary
+    db.finish_pair(a, "done", winner="canary")
+    db.finish_sample(ap, "scored", score=0.2)
+    db.finish_sample(bp, "scored", score=0.5)
+    db.finish_sample(bc, "error", error="LLM down")
+    db.finish_sample(cc, "scored", score=0.9)
+    db.finish_pair(c, "error", error="unparseable")
+    assert db.pairs_after(R).pairs == [], "no pair has all three parts final yet"
+    db.finish_pair(b, "done", winner="tie")
+    db.finish_sample(cp, "skipped_budget")
+    db.finish_sample(ac, "scored", score=0.8)
+    page = db.pairs_after(R)
+    assert [p.fingerprint for p in page.pairs] == [fingerprint(q) for q in ("q1", "q2", "q0")], "completion order"
+    assert [p.seq for p in page.pairs] == [1, 2, 3] and (page.cursor, page.more) == (3, False)
+    got = {p.fingerprint: (p.primary_score, p.canary_score, p.winner) for p in page.pairs}
+    assert got[fingerprint("q0")] == (0.2, 0.8, "canary")
+    assert got[fingerprint("q1")] == (0.5, None, "tie"), "an errored score is None"
+    assert got[fingerprint("q2")] == (None, 0.9, None), "skipped score and failed comparison are None"
+    assert all(p.completed_at > 0 for p in page.pairs)
+
+
+def test_a_pair_of_samples_already_final_completes_when_it_is_made(db):
+    done = db.insert_samples([sample("primary", "q", status="skipped_budget")]).pending_samples
+    assert done == ()
+    skipped = db.insert_samples([sample("canary", "q", status="skipped_budget")], exhausted={R})
+    assert skipped.pending_pairs == () and stream(db) == [1], "all three parts final at once"
+    # the other way round: both samples scored before the pair is compared
+    ids = db.insert_samples([sample("primary", "r"), sample("canary", "r")])
+    for sid in ids.pending_samples:
+        db.finish_sample(sid, "scored", score=0.5)
+    assert stream(db) == [1]
+    db.finish_pair(ids.pending_pairs[0], "done", winner="primary")
+    assert stream(db) == [1, 2]
+    assert not db.finish_pair(ids.pending_pairs[0], "error") and stream(db) == [1, 2], "never numbered twice"
+
+
+def complete(db: Storage, pair: tuple[int, int, int], winner: str = "tie") -> None:
+    pid, p, c = pair
+    db.finish_sample(p, "scored", score=0.5)
+    db.finish_sample(c, "scored", score=0.5)
+    db.finish_pair(pid, "done", winner=winner)
+
+
+def test_pages_are_exact_and_filters_move_the_cursor_past_what_they_leave_out(db):
+    early = make_pairs(db, 2, "e", ts=(1 * S, 1 * S), revisions=("old", "old"))
+    late = make_pairs(db, 5, "l", ts=(10 * S, 10 * S), revisions=("p1", "c1"))
+    straddle = make_pairs(db, 1, "s", ts=(1 * S, 10 * S))  # the primary's answer is older than since
+    for pair in early + late + straddle:
+        complete(db, pair)
+    first = db.pairs_after(R, limit=3)
+    assert ([p.seq for p in first.pairs], first.cursor, first.more) == ([1, 2, 3], 3, True)
+    second = db.pairs_after(R, first.cursor, limit=3)
+    assert ([p.seq for p in second.pairs], second.more) == ([4, 5, 6], True)
+    last = db.pairs_after(R, second.cursor, limit=3)
+    assert ([p.seq for p in last.pairs], last.cursor, last.more) == ([7, 8], 8, False)
+    assert db.pairs_after(R, last.cursor).pairs == [] and db.pairs_after(R, last.cursor).cursor == 8
+    assert stream(db, since=10 * S) == [3, 4, 5, 6, 7], "both samples at/after since"
+    assert stream(db, canary_revision="c1", primary_revision="p1") == [3, 4, 5, 6, 7]
+    assert stream(db, canary_revision="old") == [1, 2] and stream(db, primary_revision="c1") == []
+    empty = db.pairs_after(R, 0, canary_revision="nope")
+    assert (empty.pairs, empty.cursor, empty.more) == ([], 8, False), "nothing to rescan next time"
+    assert db.pairs_after("prod/other").cursor == 0 and stream(db, 8) == []
+
+
+def test_the_stream_resumes_after_a_restart_without_loss_or_repeats(tmp_path):
+    path = str(tmp_path / "judge.db")
+    first = Storage(path)
+    pairs = make_pairs(first, 6)
+    for pair in pairs[:4]:
+        complete(first, pair)
+    page = first.pairs_after(R, limit=3)
+    seen = [p.seq for p in page.pairs]
+    database_id = first.database_id
+    first.close()
+    second = Storage(path)
+    try:
+        assert second.database_id == database_id
+        for pair in pairs[4:]:
+            complete(second, pair)
+        cursor, more = page.cursor, True
+        while more:
+            page = second.pairs_after(R, cursor, limit=2)
+            seen += [p.seq for p in page.pairs]
+            cursor, more = page.cursor, page.more
+        assert seen == [1, 2, 3, 4, 5, 6]
+    finally:
+        second.close()
+
+
+def test_a_version_1_database_gets_the_completion_columns_and_its_complete_pairs(tmp_path):
+    path = str(tmp_path / "judge.db")
+    old = Storage(path)
+    (a, ap, ac), (b, bp, bc), (c, cp, cc) = make_pairs(old, 3)
+    for pair in [(a, ap, ac), (b, bp, bc)]:
+        complete(old, pair)
+    old.finish_sample(cp, "error", error="down")  # c stays incomplete: its comparison and canary are pending
+    old.close()
+    # Make it what a version 1 judge left behind: no completion columns, no meta table, user_version 1.
+    with sqlite3.connect(path) as raw:
+        raw.executescript("DROP INDEX pairs_completed; DROP INDEX pairs_stream; DROP TABLE meta;"
+                          " ALTER TABLE pairs DROP COLUMN completed_seq; ALTER TABLE pairs DROP COLUMN completed_at;"
+                          " PRAGMA user_version = 1;")
+        # b finished before a (by its last part), though a has the lower id
+        raw.execute("UPDATE pairs SET finished_at = CASE id WHEN ? THEN 300 ELSE 200 END", (a,))
+        raw.execute("UPDATE samples SET finished_at = 100")
+    upgraded = Storage(path)
+    try:
+        columns = {row["name"] for row in upgraded._db.execute("PRAGMA table_info(pairs)")}
+        assert {"completed_seq", "completed_at"} <= columns
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        page = upgraded.pairs_after(R)
+        assert [p.fingerprint for p in page.pairs] == [fingerprint("q1"), fingerprint("q0")]
+        assert [p.completed_at for p in page.pairs] == [200, 300]
+        upgraded.finish_sample(cc, "scored", score=0.4)
+        upgraded.finish_pair(c, "done", winner="canary")
+        later = upgraded.pairs_after(R, page.cursor)
+        assert [(p.seq, p.primary_score, p.canary_score) for p in later.pairs] == [(3, None, 0.4)]
+    finally:
+        upgraded.close()
+    again = Storage(path)  # opening it again changes nothing
+    try:
+        assert [p.seq for p in again.pairs_after(R).pairs] == [1, 2, 3]
+    finally:
+        again.close()
+
+
+
+def test_the_stream_queries_use_its_indexes(db):
+    statements: list[str] = []
+    db._db.set_trace_callback(statements.append)  # the SQL as run, parameters filled in
+    complete(db, make_pairs(db, 1)[0])
+    db.pairs_after(R)
+    db._db.set_trace_callback(None)
+    plans = {sql: " | ".join(row[3] for row in db._db.execute("EXPLAIN QUERY PLAN " + sql))
+             for sql in statements if "completed_seq" in sql}
+    assert {sql[:20] for sql in plans} == {"UPDATE pairs SET com", "SELECT max(completed", "SELECT p.completed_s"}
+    assert not [plan for plan in plans.values() if "SCAN" in plan], plans
+    assert all("pairs_completed" in plan or "pairs_stream" in plan for plan in plans.values()), plans

@@ -2,6 +2,7 @@
 
     POST /v1/samples   validate strictly, store, answer 202 at once (never waits on scoring)
     GET  /v1/verdict   numbers for one release, variant and time window
+    GET  /v1/pairs     complete pairs of one release in completion order, from a cursor
     GET  /v1/export    failed samples as NDJSON eval cases
     GET  /healthz      200 when the database answers
     GET  /metrics      Prometheus text, from a registry of this application only
@@ -43,7 +44,7 @@ from .types import JudgeError, Scorer
 __all__ = [
     "JudgeService", "ValidationError", "SampleIn", "create_app", "build_scorer", "serve",
     "parse_samples", "parse_time", "format_time", "MAX_BATCH", "MAX_TEXT_BYTES",
-    "SERVICE_KEY",
+    "SERVICE_KEY", "MAX_PAIRS_LIMIT",
 ]
 
 log = logging.getLogger("canarist.judge")
@@ -51,6 +52,9 @@ log = logging.getLogger("canarist.judge")
 MAX_BATCH = 1000
 MAX_TEXT_BYTES = 64 * 1024          # request and response, UTF-8
 MAX_LABEL_CHARS = 1024              # revision, requestId, traceId, segment
+DEFAULT_PAIRS_LIMIT = 500
+MAX_PAIRS_LIMIT = 5000
+_OUTCOMES = {"canary": "win", "primary": "loss", "tie": "tie"}  # GET /v1/pairs: the canary's point of view
 VARIANTS = ("primary", "canary")
 REQUIRED_FIELDS = ("release", "variant", "request", "response")
 OPTIONAL_FIELDS = ("revision", "requestId", "traceId", "segment", "timestamp")
@@ -68,6 +72,10 @@ _US = timedelta(microseconds=1)
 
 class ValidationError(ValueError):
     """Bad input; the message starts with the field it is about: "<field>: <what and how to fix>"."""
+
+
+class CursorGone(ValidationError):
+    """A well-formed cursor of another database: answered 410, so a client can tell it from a typo."""
 
 
 def parse_time(value: Any, field: str, *, query: bool = False) -> int:
@@ -426,11 +434,40 @@ class JudgeService:
             "ingested": counts.ingested, "sampled": counts.sampled, "judged": counts.judged,
             "pending": counts.pending, "errors": counts.errors, "skippedBudget": counts.skipped_budget,
             "meanScore": summary.mean, "ci95": list(summary.ci95) if summary.ci95 else None,
+            "sumScores": summary.sum_scores, "sumSquares": summary.sum_squares,
             "passMark": self.config.pass_mark, "failed": summary.failed,
             "pairwise": self.storage.pairwise(release, variant, since, until, revision),
             "budget": {"tokensUsed": used, "tokenBudget": budget,
                        "exhausted": budget is not None and used >= budget},
         }
+
+    def pairs(self, release: str, after: str | None, *, limit: int = DEFAULT_PAIRS_LIMIT, since: int | None = None,
+              primary_revision: str | None = None, canary_revision: str | None = None) -> dict:
+        """The GET /v1/pairs answer; `after` is a cursor this database returned (ValidationError if not)."""
+        page = self.storage.pairs_after(
+            release, self._cursor_position(after), limit=limit, since=since,
+            primary_revision=primary_revision, canary_revision=canary_revision)
+        return {
+            "pairs": [{"id": p.seq, "at": format_time(p.completed_at), "fingerprint": p.fingerprint,
+                       "primaryScore": p.primary_score, "canaryScore": p.canary_score,
+                       "outcome": _OUTCOMES.get(p.winner) if p.winner else None, "segment": p.segment}
+                      for p in page.pairs],
+            "cursor": f"{self.storage.database_id}.{page.cursor}",
+            "more": page.more,
+        }
+
+    def _cursor_position(self, after: str | None) -> int:
+        if after is None:
+            return 0
+        db_id, _, position = after.rpartition(".")
+        if not db_id or not (position.isascii() and position.isdigit() and len(position) <= 18):
+            raise ValidationError(f"after: {after!r} is not a cursor; pass the \"cursor\" of the previous "
+                                  "answer unchanged, or leave after out to start from the beginning")
+        if db_id != self.storage.database_id:
+            # A new database numbers from 1 again: resuming would silently skip its first pairs.
+            raise CursorGone(f"after: the cursor is from another judge database (it was replaced); the pairs "
+                             "it stands for are gone: start the sequential test again without after")
+        return int(position)
 
     def export_lines(self, release: str, *, variant: str | None = None, revision: str | None = None,
                      since: int | None = None, until: int | None = None) -> Iterable[bytes]:
@@ -520,6 +557,26 @@ async def _get_verdict(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     assert since is not None and variant is not None
     return web.json_response(service.verdict(release, variant, since, until, params.get("revision")))
+
+
+async def _get_pairs(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    try:
+        params = _query(request, ("release", "after", "since", "canaryRevision", "primaryRevision", "limit"),
+                        ("release",))
+        release = _check_release(params["release"])
+        since = parse_time(params["since"], "since", query=True) if "since" in params else None
+        limit = params.get("limit", str(DEFAULT_PAIRS_LIMIT))
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAIRS_LIMIT):
+            raise ValidationError(f"limit: must be a whole number from 1 to {MAX_PAIRS_LIMIT}, got {limit!r}")
+        answer = service.pairs(release, params.get("after"), limit=int(limit), since=since,
+                               primary_revision=params.get("primaryRevision"),
+                               canary_revision=params.get("canaryRevision"))
+    except CursorGone as exc:
+        return _error(410, str(exc))
+    except ValidationError as exc:
+        return _error(400, str(exc))
+    return web.json_response(answer)
 
 
 async def _get_export(request: web.Request) -> web.StreamResponse:
@@ -616,6 +673,7 @@ def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/samples", _post_samples)
     app.router.add_get("/v1/verdict", _get_verdict)
+    app.router.add_get("/v1/pairs", _get_pairs)
     app.router.add_get("/v1/export", _get_export)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)

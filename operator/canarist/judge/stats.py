@@ -55,8 +55,12 @@ class Summary:
     mean: float | None
     ci95: tuple[float, float] | None
     failed: int  # judged scores below the pass mark
+    # Sufficient statistics (with `judged`) for callers that build their own mean/variance tests.
+    sum_scores: float = 0.0
+    sum_squares: float = 0.0
 
 
 def summarize(scores: Sequence[float], pass_mark: float) -> Summary:
     mean, ci = mean_ci95(scores)
-    return Summary(judged=len(scores), mean=mean, ci95=ci, failed=sum(1 for s in scores if s < pass_mark))
+    return Summary(judged=len(scores), mean=mean, ci95=ci, failed=sum(1 for s in scores if s < pass_mark),
+                   sum_scores=math.fsum(scores), sum_squares=math.fsum(s * s for s in scores))

@@ -11,10 +11,16 @@ compare exactly.
 Sample statuses: `unsampled` (stored and counted, never scored), `pending`, `scored`, `error`,
 `skipped_budget`. Pair statuses: `pending`, `done`, `error`, `skipped_budget`; a done pair's
 `winner` is `canary`, `primary` or `tie`.
+
+A pair is *complete* once its comparison and both its samples are final (not pending). The
+transaction that makes it so gives it the next `completed_seq`: one sequence over the whole
+database, handed out under SQLite's single write lock, so a reader that sees number n also sees
+every number below it. `pairs_after` pages through that sequence (GET /v1/pairs).
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Container, Iterator, Sequence
@@ -22,9 +28,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "Storage", "now_us", "SCHEMA_VERSION"]
+__all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "CompletedPair", "PairPage", "Storage",
+           "now_us", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+# 2: pairs.completed_seq/completed_at and the meta table. A judge of version 1 must not open such a
+# database: it would complete pairs without a sequence number, and GET /v1/pairs would never show them.
+SCHEMA_VERSION = 2
 Variant = Literal["primary", "canary"]
 SampleStatus = Literal["unsampled", "pending", "scored", "error", "skipped_budget"]
 
@@ -74,7 +83,9 @@ CREATE TABLE IF NOT EXISTS pairs (
     error        TEXT,
     tokens       INTEGER NOT NULL DEFAULT 0,
     created_at   INTEGER NOT NULL,
-    finished_at  INTEGER
+    finished_at  INTEGER,
+    completed_seq INTEGER,          -- see the module docstring; NULL until complete
+    completed_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS pairs_verdict ON pairs (release, canary_ts);
 CREATE INDEX IF NOT EXISTS pairs_pending ON pairs (id) WHERE status = 'pending';
@@ -83,7 +94,18 @@ CREATE TABLE IF NOT EXISTS token_usage (
     release      TEXT    PRIMARY KEY,
     tokens       INTEGER NOT NULL DEFAULT 0
 );
+
+CREATE TABLE IF NOT EXISTS meta (
+    key          TEXT    PRIMARY KEY,
+    value        TEXT    NOT NULL
+);
 """
+# Created after the migration, which adds the columns they index to a version 1 database.
+_INDEXES_V2 = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS pairs_completed ON pairs (completed_seq) WHERE completed_seq IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS pairs_stream ON pairs (release, completed_seq) WHERE completed_seq IS NOT NULL",
+)
+_FINAL = "('scored', 'error', 'skipped_budget')"  # sample statuses that never change again
 
 
 def now_us() -> int:
@@ -152,6 +174,24 @@ class PairRow:
 
 
 @dataclass(frozen=True)
+class CompletedPair:
+    seq: int
+    completed_at: int
+    fingerprint: str
+    primary_score: float | None  # None unless that sample was scored
+    canary_score: float | None
+    winner: str | None           # None unless the comparison was done
+    segment: str | None          # the canary sample's, else the primary's
+
+
+@dataclass(frozen=True)
+class PairPage:
+    pairs: list[CompletedPair]
+    cursor: int  # the position to pass as `after` next time
+    more: bool
+
+
+@dataclass(frozen=True)
 class Counts:
     ingested: int
     sampled: int
@@ -176,7 +216,34 @@ class Storage:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: database schema version {version} is newer than this "
                                f"judge's ({SCHEMA_VERSION}); run a newer judge or use another --db file")
-        self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        with self._tx() as db:
+            self._migrate(db)
+            for statement in _INDEXES_V2:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.database_id: str = self._db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()[0]
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a version 1 database up to date; a no-op on a current one. Inside the caller's transaction."""
+        # The id tells a cursor of this database from one of a database that replaced it.
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (secrets.token_hex(8),))
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(pairs)")}
+        if "completed_seq" in columns:
+            return
+        db.execute("ALTER TABLE pairs ADD COLUMN completed_seq INTEGER")
+        db.execute("ALTER TABLE pairs ADD COLUMN completed_at INTEGER")
+        # Pairs completed before the upgrade enter the stream once, in the order they most likely
+        # completed: by the last of their three finish times.
+        rows = db.execute(
+            "SELECT p.id, max(coalesce(p.finished_at, p.created_at), coalesce(s.finished_at, s.ingested_at),"
+            " coalesce(c.finished_at, c.ingested_at)) AS done"
+            " FROM pairs p JOIN samples s ON s.id = p.primary_id JOIN samples c ON c.id = p.canary_id"
+            f" WHERE p.status != 'pending' AND s.status IN {_FINAL} AND c.status IN {_FINAL}"
+            " ORDER BY done, p.id").fetchall()
+        for seq, row in enumerate(rows, start=1):
+            db.execute("UPDATE pairs SET completed_seq = ?, completed_at = ? WHERE id = ?", (seq, row["done"], row["id"]))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -249,6 +316,8 @@ class Storage:
                 db.execute("UPDATE samples SET pair_id = ? WHERE id IN (?, ?)", (pid, primary_id, canary_id))
                 if status == "pending":
                     new_pairs.append(pid)
+                else:  # skipped at once: complete now if both samples are final already
+                    self._complete_if_final(db, pid, ingested_at)
         return IngestResult(len(samples), sampled, tuple(new_samples), tuple(new_pairs))
 
     def _nearest_unpaired(self, release: str, fp: str, variant: str, ts: int) -> tuple[int, int] | None:
@@ -303,14 +372,17 @@ class Storage:
         False (and nothing written) when the sample is not pending any more.
         """
         with self._tx() as db:
-            row = db.execute("SELECT release FROM samples WHERE id = ? AND status = 'pending'",
+            row = db.execute("SELECT release, pair_id FROM samples WHERE id = ? AND status = 'pending'",
                              (sample_id,)).fetchone()
             if row is None:
                 return False
+            at = now_us()
             db.execute("UPDATE samples SET status = ?, score = ?, reason = ?, error = ?, tokens = ?,"
                        " finished_at = ? WHERE id = ?",
-                       (status, score, reason, error, tokens, now_us(), sample_id))
+                       (status, score, reason, error, tokens, at, sample_id))
             self._add_tokens(db, row["release"], tokens)
+            if row["pair_id"] is not None:
+                self._complete_if_final(db, row["pair_id"], at)
         return True
 
     def finish_pair(self, pair_id: int, status: Literal["done", "error", "skipped_budget"], *,
@@ -320,11 +392,29 @@ class Storage:
             row = db.execute("SELECT release FROM pairs WHERE id = ? AND status = 'pending'", (pair_id,)).fetchone()
             if row is None:
                 return False
+            at = now_us()
             db.execute("UPDATE pairs SET status = ?, winner = ?, reason = ?, error = ?, tokens = ?,"
                        " finished_at = ? WHERE id = ?",
-                       (status, winner, reason, error, tokens, now_us(), pair_id))
+                       (status, winner, reason, error, tokens, at, pair_id))
             self._add_tokens(db, row["release"], tokens)
+            self._complete_if_final(db, pair_id, at)
         return True
+
+    @staticmethod
+    def _complete_if_final(db: sqlite3.Connection, pair_id: int, at: int) -> None:
+        """Give the pair the next completion number if it has just become complete.
+
+        Called, inside the writing transaction, by whatever finished one of its three parts (the
+        comparison or a sample), in whichever order they finish: only the last one matches.
+        """
+        # "IS NOT NULL" lets the max come from the partial index pairs_completed instead of a scan.
+        db.execute(
+            "UPDATE pairs SET completed_seq ="
+            " (SELECT coalesce(max(completed_seq), 0) + 1 FROM pairs WHERE completed_seq IS NOT NULL),"
+            " completed_at = ? WHERE id = ? AND completed_seq IS NULL AND status != 'pending'"
+            f" AND (SELECT status FROM samples WHERE id = pairs.primary_id) IN {_FINAL}"
+            f" AND (SELECT status FROM samples WHERE id = pairs.canary_id) IN {_FINAL}",
+            (at, pair_id))
 
     @staticmethod
     def _add_tokens(db: sqlite3.Connection, release: str, tokens: int) -> None:
@@ -355,6 +445,47 @@ class Storage:
         if not candidates:
             return None
         return min(candidates, key=lambda row: (abs(row["ts"] - sample["ts"]), row["id"]))["response"]
+
+    # -- the pair stream ---------------------------------------------------------------------
+
+    def pairs_after(self, release: str, after: int = 0, *, limit: int = 500, since: int | None = None,
+                    primary_revision: str | None = None, canary_revision: str | None = None) -> PairPage:
+        """Complete pairs of `release` with completion number > `after`, in completion order.
+
+        `since` keeps pairs whose two samples both have ts >= since; the revisions filter on each
+        variant's sample. All filters are on what never changes once a pair is complete, so the
+        cursor may move past pairs they leave out: the next page never has to look at them again.
+        """
+        # Read the end first and page only up to it: every number up to it is committed already
+        # (see the module docstring), so no pair below the returned cursor can still turn up.
+        end = self._db.execute("SELECT max(completed_seq) FROM pairs WHERE release = ? AND completed_seq IS NOT NULL",
+                               (release,)).fetchone()[0]
+        if end is None or end <= after:
+            return PairPage([], after, False)
+        sql = ("SELECT p.completed_seq, p.completed_at, p.fingerprint, p.status, p.winner,"
+               " s.status AS p_status, s.score AS p_score, c.status AS c_status, c.score AS c_score,"
+               " coalesce(c.segment, s.segment) AS segment"
+               " FROM pairs p JOIN samples s ON s.id = p.primary_id JOIN samples c ON c.id = p.canary_id"
+               " WHERE p.release = ? AND p.completed_seq > ? AND p.completed_seq <= ?")
+        args: list = [release, after, end]
+        if since is not None:
+            sql += " AND s.ts >= ? AND c.ts >= ?"
+            args += [since, since]
+        if primary_revision is not None:
+            sql += " AND s.revision = ?"
+            args.append(primary_revision)
+        if canary_revision is not None:
+            sql += " AND c.revision = ?"
+            args.append(canary_revision)
+        rows = self._db.execute(sql + " ORDER BY p.completed_seq LIMIT ?", [*args, limit + 1]).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        pairs = [CompletedPair(seq=r["completed_seq"], completed_at=r["completed_at"], fingerprint=r["fingerprint"],
+                               primary_score=r["p_score"] if r["p_status"] == "scored" else None,
+                               canary_score=r["c_score"] if r["c_status"] == "scored" else None,
+                               winner=r["winner"] if r["status"] == "done" else None, segment=r["segment"])
+                 for r in rows]
+        return PairPage(pairs, pairs[-1].seq if more else end, more)
 
     # -- verdicts ---------------------------------------------------------------------------
 

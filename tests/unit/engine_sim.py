@@ -52,7 +52,7 @@ class Sim:
     route_fails: bool = False  # writing the route fails (an API error)
     history: list[Decision] = field(default_factory=list)
 
-    def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10) -> Decision:
+    def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10, evidence=None) -> Decision:
         """One handler tick `advance` seconds after the last; `checks` are used only if analysis is due."""
         self.now += timedelta(seconds=advance)
         due = analysis_due(self.status, self.now)
@@ -63,6 +63,7 @@ class Sim:
             routed_weight=self.route[1] if self.route else None,
             problems=self.problems, requests=self.requests,
             checks=(checks if checks is not None else ()) if due else None,
+            evidence=tuple(evidence) if due and evidence is not None else None,
         )
         decision = decide(self.spec, self.status, world, self.now, generation=1)
         self.outcome = apply_in_order(decision.actions, self._apply)

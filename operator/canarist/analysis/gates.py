@@ -10,8 +10,9 @@ import requests
 
 from canarist.api.durations import prometheus_duration
 from canarist.api.spec import Analysis
-from canarist.api.status import Check
+from canarist.api.status import Check, Evidence
 
+from .compare import run_comparisons
 from .judge import check_judge
 from .prometheus import PrometheusClientCache, check_metric, check_samples
 from .templating import QueryVariables
@@ -49,3 +50,16 @@ def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: 
         checks += check_judge(analysis.judge, clients.http, f"{where.namespace}/{where.release}",
                               where.step_started_at, now, baseline_since=where.rollout_started_at)
     return tuple(checks)
+
+
+def run_comparison_gates(analysis: Analysis, where: GateTarget, clients: GateClients, previous: list[Evidence],
+                         now: datetime) -> tuple[tuple[Check, ...], tuple[Evidence, ...]]:
+    """One run of every comparison gate, folding new observations into the rollout's evidence."""
+    if not analysis.compare:
+        return (), ()
+    variables = QueryVariables(namespace=where.namespace, target=where.target,
+                               interval=prometheus_duration(analysis.interval))
+    checks, evidence = run_comparisons(analysis.compare, previous, analysis.alpha, variables, clients.prometheus,
+                                       clients.default_prometheus, clients.http,
+                                       f"{where.namespace}/{where.release}", where.rollout_started_at, now)
+    return tuple(checks), tuple(evidence)

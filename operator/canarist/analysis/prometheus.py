@@ -52,6 +52,12 @@ def check_metric(gate: MetricGate, variables: QueryVariables, clients: Prometheu
         value = query_value(clients.get(gate.prometheus.address or default_address), query, clients.timeout)
     except Exception as exc:  # every provider failure is an error check, never a crash or a pass
         return Check(result=CheckResult.ERROR, message=f"Prometheus error: {_short(exc)}", **base)
+    return evaluate_metric(gate, value, now)
+
+
+def evaluate_metric(gate: MetricGate, value: float | None, now: datetime) -> Check:
+    """A min/max gate's verdict on one value (None: no data). Pure, so simulations run this very code."""
+    base = {"name": gate.name, "kind": "prometheus", "min": gate.min, "max": gate.max, "at": now}
     if value is None:
         return Check(result=CheckResult.NO_DATA, message="no data (empty or NaN result)", **base)
     if gate.min is not None and value < gate.min:

@@ -36,14 +36,15 @@ class QueryVariables:
         return {name: getattr(self, name) for name in VARIABLES}
 
 
-def unknown_variables(template: str) -> list[str]:
-    return sorted({name for name in _PLACEHOLDER.findall(template) if name not in VARIABLES})
+def unknown_variables(template: str, allowed: tuple[str, ...] = VARIABLES) -> list[str]:
+    return sorted({name for name in _PLACEHOLDER.findall(template) if name not in allowed})
 
 
-def render(template: str, variables: QueryVariables) -> str:
-    unknown = unknown_variables(template)
+def render(template: str, variables: QueryVariables, extra: dict[str, str] | None = None) -> str:
+    """Fill `template`; `extra` adds variables of one kind of query (a comparison's variant and window)."""
+    values = {**variables.as_dict(), **(extra or {})}
+    unknown = unknown_variables(template, tuple(values))
     if unknown:
         raise TemplateError(
-            f"unknown template variable {', '.join(unknown)}; the variables are {', '.join(VARIABLES)}")
-    values = variables.as_dict()
+            f"unknown template variable {', '.join(unknown)}; the variables are {', '.join(values)}")
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)

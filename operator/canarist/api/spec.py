@@ -16,6 +16,7 @@ from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, field_va
 from pydantic_core import CoreSchema, core_schema
 
 from .base import ApiModel
+from .compare import Comparison
 from .durations import DURATION_PATTERN, parse_duration
 from .gatewayapi import Hostname, ParentReference, RouteMatch
 
@@ -194,15 +195,25 @@ class Analysis(ApiModel):
     metrics: list[MetricGate] = Field(default_factory=list, max_length=32, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     judge: JudgeGate | None = None
+    compare: list[Comparison] = Field(default_factory=list, max_length=16, description=(
+        "Comparison gates: the canary against the primary over the same period, tested sequentially "
+        "(anytime-valid) against each gate's tolerance."),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    alpha: float = Field(default=0.01, gt=0, le=0.5, description=(
+        "1 - confidence of the comparison gates' decisions, for the whole rollout and all of them together: "
+        "the chance of rolling back a canary within every tolerance, or of promoting one worse than a "
+        "tolerance, is at most alpha."))
+    on_hold_timeout: Literal["Rollback", "Pause"] = Field(default="Rollback", description=(
+        "When holdTimeout passes without a decision: roll back, or pause for a person to promote or abort."))
 
-    @field_validator("metrics")
+    @field_validator("metrics", "compare")
     @classmethod
-    def _unique_names(cls, metrics: list[MetricGate]) -> list[MetricGate]:
-        names = [m.name for m in metrics]
+    def _unique_names(cls, gates: list) -> list:
+        names = [g.name for g in gates]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
-        return metrics
+            raise ValueError(f"gate names must be unique; repeated: {', '.join(duplicates)}")
+        return gates
 
 
 STEPS_RULES = [

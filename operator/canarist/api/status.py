@@ -43,7 +43,7 @@ class Revisions(StatusModel):
 
 class Check(StatusModel):
     name: str
-    kind: Literal["prometheus", "samples", "judge", "workload"] = "prometheus"
+    kind: Literal["prometheus", "samples", "judge", "workload", "compare"] = "prometheus"
     result: CheckResult
     value: float | None = None
     min: float | None = None
@@ -60,6 +60,30 @@ class Check(StatusModel):
         if bounds:
             text += f" (want {bounds})"
         return f"{text}: {self.message}" if self.message else text
+
+
+class Evidence(StatusModel):
+    """Where one comparison gate stands: the estimate, its confidence interval and the evidence
+    toward each decision (e-values; a decision needs `threshold`)."""
+
+    name: str
+    kind: Literal["rates", "judge"]
+    measure: Literal["ratio", "scoreDrop", "lossShare"] = Field(description=(
+        "ratio: the canary's rate of bad events over the primary's; scoreDrop: the primary's mean score "
+        "minus the canary's on the same inputs; lossShare: the share of head-to-head comparisons the canary lost."))
+    tolerance: float
+    estimate: float | None = None
+    low: float | None = Field(default=None, description="Lower end of the (1 - alpha) confidence interval.")
+    high: float | None = Field(default=None, description="Upper end; absent when there is no upper bound yet.")
+    rollback: float = Field(default=1.0, description="Evidence that the canary is worse than the tolerance.")
+    promote: float = Field(default=1.0, description="Evidence that the canary is within the tolerance.")
+    threshold: float = Field(description="What either evidence must reach: (number of comparison gates) / alpha.")
+    verdict: Literal["Regression", "WithinTolerance", "Undecided"] = "Undecided"
+    canary_events: float = Field(default=0, description="Canary requests (rates) or judged pairs (judge) so far.")
+    needs: str = Field(default="", description="What a decision still waits for, roughly.")
+    at: datetime | None = None
+    state: dict[str, Any] = Field(default_factory=dict, description=(
+        "The sequential test's running state, so the evidence survives an operator restart."))
 
 
 class Condition(StatusModel):
@@ -94,6 +118,10 @@ class CanaryReleaseStatus(StatusModel):
     checks_inconclusive: int = Field(default=0, description="Checks in the current step with no data or a provider error.")
     provider_errors: int = Field(default=0, description="Provider errors in the current step.")
     last_checks: list[Check] = Field(default_factory=list)
+    evidence: list[Evidence] = Field(default_factory=list, description=(
+        "The comparison gates' evidence, accumulated over the whole rollout."))
+    awaiting_decision: bool = Field(default=False, description=(
+        "holdTimeout passed with onHoldTimeout: Pause; the rollout waits for promote or abort."))
     rolled_back_revision: str | None = None
     handled_requests: dict[str, str] = Field(default_factory=dict, description=(
         "The last request token acted on per manual action, so one request acts once."))

@@ -5,6 +5,12 @@ gate) is one check. A check fails when any gate fails (or, with onNoData/onError
 data or errors); it passes when every gate passes; otherwise it is inconclusive and the step
 holds. Counts are per step. A step advances after `checksPerStep` passed checks; the rollout
 rolls back on the failed check that makes `checksFailed > failureLimit` — in that same tick.
+
+Comparison gates (analysis.compare) follow the anytime-valid rule instead: roll back as soon as
+the evidence shows, at confidence 1 - alpha, that the canary is worse than a gate's tolerance
+(whatever failureLimit says); leave the last step below 100 % only when it shows, at the same
+confidence, that every gate is within tolerance; otherwise hold, up to holdTimeout (then roll
+back, or pause for a person: onHoldTimeout). Intermediate steps advance as above.
 """
 
 from __future__ import annotations
@@ -205,6 +211,11 @@ class _Tick:
             return
         self._ignore_requests("retry")
 
+        if s.awaiting_decision:
+            s.message = (f"holdTimeout passed at {s.step_weight}% without a decision; waiting for a person: "
+                         "kubectl canarist promote or abort")
+            self._converge()
+            return
         if self._paused:
             self._block_clock()
             if s.phase != Phase.PAUSED:
@@ -271,7 +282,7 @@ class _Tick:
         s.step_started_at = s.last_check_at = None
         s.rollout_started_at = s.hold_started_at = self.now
         s.blocked_since = None
-        s.last_checks = []
+        s.last_checks, s.evidence, s.awaiting_decision = [], [], False
         s.rolled_back_revision = None
         self._reset_counters()
         s.message = f"waiting for the canary (revision {_short(revision)}) to be Ready"
@@ -316,7 +327,7 @@ class _Tick:
 
     def _start_promoting(self) -> None:
         s = self.s
-        s.phase = Phase.PROMOTING
+        s.phase, s.awaiting_decision = Phase.PROMOTING, False
         s.message = f"promoting: updating the primary to revision {_short(s.revisions.canary)}"
         self._converge()
 
@@ -324,6 +335,7 @@ class _Tick:
         s = self.s
         at = f"step {s.step_index + 1} ({s.step_weight}%)" if s.step_weight else "before the first step"
         s.phase, s.step_weight = Phase.ROLLED_BACK, 0
+        s.awaiting_decision = False
         s.rolled_back_revision = s.revisions.canary
         s.message = f"rolled back revision {_short(s.revisions.canary)} at {at}: {why}"
         self._event("RolledBack", f"{reason}: {s.message}", warning=True)
@@ -336,7 +348,18 @@ class _Tick:
         analysis = s.pinned_analysis
         assert analysis is not None
         s.last_checks, s.last_check_at = list(checks), self.now
+        if self.world.evidence is not None:
+            s.evidence = list(self.world.evidence)
         s.provider_errors += sum(1 for c in checks if c.result == CheckResult.ERROR)
+        # Evidence at 1 - alpha that the canary is worse than a comparison's tolerance rolls back at
+        # once: the test already accounts for noise, so there is nothing to tolerate (failureLimit
+        # is for the fixed-threshold gates).
+        regressions = [c for c in checks if c.kind == "compare" and c.result == CheckResult.FAILED]
+        if regressions:
+            self._rollback("Regression", "evidence at confidence "
+                           f"{1 - analysis.alpha:g} that the canary is worse than tolerated: "
+                           + "; ".join(c.describe() for c in regressions))
+            return
 
         def counts_as_failure(c: Check) -> bool:
             return (c.result == CheckResult.FAILED
@@ -369,11 +392,31 @@ class _Tick:
     def _advance(self) -> None:
         s = self.s
         steps = s.pinned_steps or self.spec.steps
+        last_below_full = steps[s.step_index] < 100 and (s.step_index + 1 == len(steps)
+                                                          or steps[s.step_index + 1] >= 100)
+        if last_below_full and not self._within_tolerance():
+            return
         if s.step_index + 1 < len(steps):
             self._enter_step(s.step_index + 1)
         else:
             self._event("AnalysisPassed", f"revision {_short(s.revisions.canary)} passed every step")
             self._start_promoting()
+
+    def _within_tolerance(self) -> bool:
+        """Promotion needs evidence at 1 - alpha that every comparison gate is within tolerance."""
+        s, analysis = self.s, self.s.pinned_analysis
+        if analysis is None or not analysis.compare:
+            return True
+        by_name = {e.name: e for e in s.evidence}
+        waiting = [(g.name, by_name.get(g.name)) for g in analysis.compare
+                   if by_name.get(g.name) is None or by_name[g.name].verdict != "WithinTolerance"]
+        if not waiting:
+            return True
+        detail = "; ".join(f"{name}: {e.needs or 'collecting'} (evidence {e.promote:.3g} of {e.threshold:.3g})"
+                           if e else f"{name}: no evidence yet" for name, e in waiting)
+        s.message = (f"step {s.step_index + 1} holds at {s.step_weight}%: promotion needs evidence at confidence "
+                     f"{1 - analysis.alpha:g} that the canary is within tolerance; {detail}")
+        return False
 
     def _check_hold_timeout(self) -> None:
         s = self.s
@@ -382,9 +425,16 @@ class _Tick:
         since = s.hold_started_at or s.step_started_at or s.rollout_started_at
         if analysis is None or analysis.hold_timeout is None or since is None:
             return
-        if self.now - since >= parse_duration(analysis.hold_timeout):
-            self._rollback("HoldTimeout", f"step {s.step_index + 1} did not advance within holdTimeout "
-                                          f"{analysis.hold_timeout} (last: {s.message})")
+        if self.now - since < parse_duration(analysis.hold_timeout):
+            return
+        why = f"step {s.step_index + 1} did not advance within holdTimeout {analysis.hold_timeout} (last: {s.message})"
+        if analysis.on_hold_timeout == "Pause":
+            s.phase, s.awaiting_decision = Phase.PAUSED, True
+            self._block_clock()
+            self._event("HoldTimeout", f"{why}; paused for a person to promote or abort", warning=True)
+            s.message = f"{why}; waiting for a person: kubectl canarist promote or abort"
+            return
+        self._rollback("HoldTimeout", why)
 
     # -- desired state -----------------------------------------------------------------------
 

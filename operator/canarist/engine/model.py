@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from canarist.api.status import CanaryReleaseStatus, Check
+from canarist.api.status import CanaryReleaseStatus, Check, Evidence
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class World:
     routing_available: bool = True       # the route can be written (its CRDs exist)
     requests: Requests = field(default_factory=Requests)
     checks: tuple[Check, ...] | None = None  # None: no analysis ran this tick
+    evidence: tuple[Evidence, ...] | None = None  # the comparison gates' evidence after this tick's run
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import kubernetes
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from canarist.analysis.gates import GateClients, GateTarget, run_gates
+from canarist.analysis.gates import GateClients, GateTarget, run_comparison_gates, run_gates
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Phase
@@ -178,11 +178,13 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     if target is not None and not problems and status.phase in (None, Phase.INITIALIZING):
         warnings = tuple(workloads.bypasses(target, spec.service.adopt_target_service))
 
-    checks = None
+    checks, evidence = None, None
     if not problems and analysis_due(status, now) and target_revision == status.revisions.canary:
         where = GateTarget(namespace, name, spec.target_ref.name, step_started_at=status.step_started_at or now,
                            rollout_started_at=status.rollout_started_at or status.step_started_at or now)
         checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
+        compared, evidence = run_comparison_gates(status.pinned_analysis, where, ctx.gates, status.evidence, now)
+        checks += compared
 
     canary_ok, canary_why = availability(target) if target else (False, "the canary Deployment is missing")
     matches_canary = bool(target) and target_revision == status.revisions.canary
@@ -198,6 +200,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         routing_available=routing_available,
         requests=read_requests(body),
         checks=checks,
+        evidence=evidence,
         warnings=warnings,
     )
     decision = decide(spec, status, world, now, generation)

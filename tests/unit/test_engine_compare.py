@@ -1,0 +1,72 @@
+"""The anytime-valid rule in the engine: regression evidence rolls back at once, promotion waits for
+evidence of being within tolerance, holdTimeout rolls back or pauses for a person."""
+
+from __future__ import annotations
+
+from canarist.api.status import Check, CheckResult, Evidence, Phase
+
+from .engine_sim import T0, Sim, make_spec
+from .test_engine import walk_to
+
+COMPARE = [{"name": "errors", "rates": {"bad": "b{{ variant }}", "total": "t{{ variant }}", "maxRatio": 1.5}}]
+
+
+def compare_spec(**extra):
+    return make_spec(metrics=[], compare=COMPARE, **extra)
+
+
+def evidence(verdict: str, promote: float = 1.0) -> Evidence:
+    return Evidence(name="errors", kind="rates", measure="ratio", tolerance=1.5, threshold=100, verdict=verdict,
+                    promote=promote, needs="about 1,200 more canary requests at this weight")
+
+
+def check(result: CheckResult) -> tuple[Check, ...]:
+    return (Check(name="errors", kind="compare", result=result, max=1.5, at=T0, message="m"),)
+
+
+def test_evidence_of_a_regression_rolls_back_at_once_whatever_failure_limit_says():
+    sim = Sim(spec=compare_spec(failureLimit=5)).initialized()
+    sim.target = "rev2"
+    sim.tick()
+    sim.tick(check(CheckResult.PASSED), evidence=[evidence("Undecided")])
+    assert sim.status.phase == Phase.PROGRESSING
+    sim.tick(check(CheckResult.FAILED), evidence=[evidence("Regression")])
+    assert sim.status.phase == Phase.ROLLED_BACK and "worse than tolerated" in sim.status.message
+    assert sim.route == (100, 0)
+
+
+def test_the_last_step_below_full_waits_for_evidence_of_being_within_tolerance():
+    sim = Sim(spec=compare_spec()).initialized()
+    sim.target = "rev2"
+    for _ in range(20):
+        sim.tick(check(CheckResult.PASSED), evidence=[evidence("Undecided")])
+    assert sim.status.step_weight == 50, "intermediate steps advance while no rollback is due"
+    assert "promotion needs evidence" in sim.status.message and "1,200 more canary requests" in sim.status.message
+    assert sim.status.evidence[0].verdict == "Undecided"
+    sim.tick(check(CheckResult.PASSED), evidence=[evidence("WithinTolerance", 150)])
+    assert sim.status.step_weight == 100
+    for _ in range(5):
+        sim.tick(check(CheckResult.PASSED), evidence=[evidence("WithinTolerance", 150)])
+    assert sim.status.phase == Phase.SUCCEEDED
+
+
+def test_hold_timeout_can_pause_for_a_person_instead_of_rolling_back():
+    sim = Sim(spec=compare_spec(holdTimeout="1m", onHoldTimeout="Pause")).initialized()
+    walk_to(sim, 5)
+    for _ in range(8):
+        sim.tick(check(CheckResult.NO_DATA), evidence=[evidence("Undecided")])
+    assert sim.status.phase == Phase.PAUSED and sim.status.awaiting_decision
+    assert "HoldTimeout" in sim.events() and sim.route == (95, 5)
+    sim.tick()
+    assert sim.status.phase == Phase.PAUSED, "a person decides, not a missing annotation"
+    sim.request(promote="p1")
+    sim.tick()
+    assert sim.status.phase == Phase.PROMOTING and not sim.status.awaiting_decision
+
+
+def test_hold_timeout_rolls_back_by_default():
+    sim = Sim(spec=compare_spec(holdTimeout="1m")).initialized()
+    walk_to(sim, 5)
+    for _ in range(8):
+        sim.tick(check(CheckResult.NO_DATA), evidence=[evidence("Undecided")])
+    assert sim.status.phase == Phase.ROLLED_BACK

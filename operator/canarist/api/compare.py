@@ -10,6 +10,7 @@ otherwise hold, up to holdTimeout.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field, model_validator
@@ -17,6 +18,7 @@ from pydantic import Field, model_validator
 from .base import ApiModel
 
 COMPARE_VARIABLES = ("variant", "window")
+_VARIANT = re.compile(r"\{\{\s*variant\s*\}\}")
 
 
 def _cel(rule: str, message: str) -> dict:
@@ -73,8 +75,8 @@ class Comparison(ApiModel):
 
     model_config = {"json_schema_extra": {"x-kubernetes-validations": [
         _cel("has(self.rates) != has(self.judge)", "set exactly one of rates or judge"),
-        _cel("!has(self.rates) || (self.rates.bad.contains('{{ variant }}') && "
-             "self.rates.total.contains('{{ variant }}'))",
+        _cel("!has(self.rates) || (self.rates.bad.matches('[{][{]\\\\s*variant\\\\s*[}][}]') && "
+             "self.rates.total.matches('[{][{]\\\\s*variant\\\\s*[}][}]'))",
              "rates.bad and rates.total must use {{ variant }}: the same query is asked of the canary and "
              "the primary"),
     ]}}
@@ -85,7 +87,7 @@ class Comparison(ApiModel):
             raise ValueError("set exactly one of rates or judge")
         if self.rates is not None:
             for field_name in ("bad", "total"):
-                if "{{ variant }}" not in getattr(self.rates, field_name):
+                if not _VARIANT.search(getattr(self.rates, field_name)):
                     raise ValueError(f"rates.{field_name} must use {{{{ variant }}}}: the same query is asked "
                                      "of the canary and the primary")
         return self

@@ -54,6 +54,10 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 out[key] = _structural(value, defs)
         elif key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema 2020-12 gives the bound; Kubernetes' OpenAPI v3.0 wants it with a flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         else:
             out[key] = copy.deepcopy(value)
     if out.get("type") == "object" and not ({"properties", "additionalProperties",

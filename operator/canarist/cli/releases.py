@@ -180,6 +180,7 @@ def render_status(body: dict, events: list, now: datetime) -> str:
                                               f"<= {c['max']:g}" if c.get("max") is not None else "") if x)
             lines.append(f"    {c['name']:<20} {c['result']:<8} {_value(c.get('value')):>10}  {bounds or '-'}"
                          + (f"   {c['message']}" if c.get("message") and c["result"] != "Passed" else ""))
+    lines += render_evidence(status)
     conditions = status.get("conditions") or []
     if conditions:
         lines.append("  conditions " + "  ".join(f"{c['type']}={c['status']}" for c in conditions))
@@ -190,6 +191,30 @@ def render_status(body: dict, events: list, now: datetime) -> str:
             lines.append(f"    {_ago(stamp.isoformat() if stamp else None, now):>8}  {e.type:<7} {e.reason:<16} "
                          f"{e.message}")
     return "\n".join(lines)
+
+
+MEASURES = {"ratio": ("canary/primary rate", "x"), "scoreDrop": ("score drop", ""), "lossShare": ("loss share", "")}
+
+
+def render_evidence(status: dict) -> list[str]:
+    """The comparison gates: estimate and interval against the tolerance, and the evidence toward
+    each decision (a decision needs the threshold)."""
+    evidence = status.get("evidence") or []
+    if not evidence:
+        return []
+    alpha = (status.get("pinnedAnalysis") or {}).get("alpha", 0.01)
+    lines = [f"  evidence (confidence {1 - alpha:g}; rollback or promotion needs {evidence[0]['threshold']:g}):",
+             f"    {'GATE':<14} {'MEASURE':<20} {'ESTIMATE':>9} {'INTERVAL':>17} {'TOLERANCE':>9}"
+             f" {'ROLLBACK':>9} {'PROMOTE':>9}  VERDICT"]
+    for e in evidence:
+        label, unit = MEASURES.get(e.get("measure", ""), (e.get("measure", ""), ""))
+        high = "inf" if e.get("high") is None else f"{e['high']:.3g}"
+        interval = "-" if e.get("low") is None else f"{e['low']:.3g}-{high}{unit}"
+        estimate = "-" if e.get("estimate") is None else f"{e['estimate']:.3g}{unit}"
+        lines.append(f"    {e['name']:<14} {label:<20} {estimate:>9} {interval:>17} {e['tolerance']:>8g}{unit or ' '}"
+                     f" {e.get('rollback', 1):>9.3g} {e.get('promote', 1):>9.3g}  {e.get('verdict', '')}"
+                     + (f"; {e['needs']}" if e.get("needs") and e.get("verdict") == "Undecided" else ""))
+    return lines
 
 
 # -- commands ----------------------------------------------------------------------------------

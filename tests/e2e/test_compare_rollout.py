@@ -1,0 +1,175 @@
+"""Comparison gates end to end: the operator process, real Prometheus scraping the stand-in apps,
+the real judge with the scripted LLM; the canary is judged against the primary with anytime-valid
+evidence (analysis.compare)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import kubernetes
+import pytest
+
+from canarist.devstack.demoapp import DemoApp
+from canarist.devstack.judge_server import JudgeServer
+from canarist.devstack.procs import wait_until
+from canarist.devstack.scripted_llm import ScriptedLLM
+from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
+
+from .conftest import scraped_apps
+from .harness import RouteWatcher, canary_release, deployment
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+GROUP, VERSION, PLURAL = "canarist.dev", "v1alpha1", "canaryreleases"
+STEPS = [5, 20, 50, 100]
+BAD = ('sum(increase(http_requests_total{namespace="{{ namespace }}",deployment="{{ variant }}",code=~"5.."}'
+       '[{{ window }}]))')
+TOTAL = 'sum(increase(http_requests_total{namespace="{{ namespace }}",deployment="{{ variant }}"}[{{ window }}]))'
+BASELINE = 0.2  # a high error rate, so the evidence piles up in seconds rather than hours
+
+
+def errors_gate(max_ratio: float) -> dict:
+    return {"name": "errors", "rates": {"bad": BAD, "total": TOTAL, "maxRatio": max_ratio}}
+
+
+def release_with(cluster, compare: list[dict], **analysis) -> None:
+    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
+    body = canary_release("web", "web")
+    body["spec"]["steps"] = STEPS
+    body["spec"]["analysis"] = {"interval": "2s", "checksPerStep": 8, "alpha": 0.01, "compare": compare,
+                                "holdTimeout": "5m", **analysis}
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, body)
+    cluster.wait_phase("web", "Idle", 60)
+
+
+@pytest.fixture
+def traffic_60(kube_client, namespace, apps) -> Iterator[TrafficDriver]:
+    driver = TrafficDriver(kube_client, namespace, "web",
+                           {"web-primary": apps["primary"].url, "web-canary": apps["canary"].url}, rps=60,
+                           poll_interval=0.2)
+    driver.start()
+    yield driver
+    driver.stop()
+
+
+def evidence_of(status: dict, name: str = "errors") -> dict:
+    return next(e for e in status.get("evidence", []) if e["name"] == name)
+
+
+def test_a_canary_three_times_worse_is_rolled_back_early_with_the_evidence_in_status(cluster, operator, apps,
+                                                                                     traffic_60):
+    apps["primary"].configure(error_rate=BASELINE)
+    apps["canary"].configure(error_rate=3 * BASELINE)
+    release_with(cluster, [errors_gate(1.5)])
+    with RouteWatcher(cluster, "web") as watcher:
+        cluster.set_image("web", "registry.test/web:v2")
+        status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 240)
+    assert status["phase"] == "RolledBack", status["message"]
+    assert max(watcher.canary_weights()) < 50, f"caught only at {watcher.canary_weights()}"
+    evidence = evidence_of(status)
+    assert evidence["verdict"] == "Regression" and evidence["rollback"] >= evidence["threshold"] == 100
+    assert 1.5 < evidence["estimate"] < 6 and evidence["low"] > 1.5, evidence
+    assert "worse than tolerated" in status["message"] and "x the primary's" in status["message"]
+    rolled = [e for e in cluster.events("web") if e.reason == "RolledBack"]
+    assert len(rolled) == 1 and "Regression" in rolled[0].message
+
+
+@pytest.mark.parametrize("ratio,tolerance", [(1.0, 1.5), (1.2, 2.0)], ids=["as-good", "slightly-worse"])
+def test_a_canary_within_tolerance_is_promoted_with_its_interval_inside(cluster, operator, apps, traffic_60,
+                                                                        ratio, tolerance):
+    apps["primary"].configure(error_rate=BASELINE)
+    apps["canary"].configure(error_rate=ratio * BASELINE)
+    release_with(cluster, [errors_gate(tolerance)])
+    cluster.set_image("web", "registry.test/web:v2")
+    status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 300)
+    assert status["phase"] == "Succeeded", status["message"]
+    evidence = evidence_of(status)
+    assert evidence["verdict"] == "WithinTolerance" and evidence["promote"] >= evidence["threshold"]
+    assert evidence["high"] is not None and evidence["high"] < tolerance * 1.05, evidence
+
+
+def test_evidence_survives_an_operator_restart(cluster, operator, apps, traffic_60):
+    apps["primary"].configure(error_rate=BASELINE)
+    apps["canary"].configure(error_rate=BASELINE)
+    release_with(cluster, [errors_gate(1.5)], checksPerStep=100)  # holds at 5 %: evidence accumulates
+    cluster.set_image("web", "registry.test/web:v2")
+    before = wait_until(lambda: (e := evidence_of(cluster.status("web"))) and e["canaryEvents"] > 20 and e,
+                        90, "some evidence")
+    operator.kill()
+    operator.start()
+    after = wait_until(lambda: (e := evidence_of(cluster.status("web"))) and e["at"] != before["at"] and e, 60,
+                       "the restarted operator's first check")
+    assert after["canaryEvents"] >= before["canaryEvents"], "evidence started over after the restart"
+    assert after["state"]["totals"][1] >= before["state"]["totals"][1]
+
+
+# -- answer quality, paired on the same inputs -----------------------------------------------------
+
+@pytest.fixture
+def judge(tmp_path) -> Iterator[JudgeServer]:
+    with ScriptedLLM.start(workdir=tmp_path / "llm") as llm:
+        server = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
+    with scraped_apps(stack, namespace, tmp_path / "judged", judge_url=judge.url,
+                      release=f"{namespace}/web") as running:
+        yield running
+
+
+def test_a_canary_whose_answers_lose_is_rolled_back_on_quality_with_equal_error_rates(cluster, operator, judge,
+                                                                                      judged_apps, kube_client):
+    for app in judged_apps.values():
+        app.configure(error_rate=0.02)
+    judged_apps["canary"].configure(wrong_rate=0.7)
+    release_with(cluster, [errors_gate(1.5), {"name": "quality", "judge": {
+        "url": judge.url, "maxLossShare": 0.6, "timeout": "2s"}}])
+    driver = TrafficDriver(kube_client, cluster.namespace, "web",
+                           {"web-primary": judged_apps["primary"].url, "web-canary": judged_apps["canary"].url},
+                           rps=40, poll_interval=0.2, questions=arithmetic_questions(2000))  # every input different
+    driver.start()
+    try:
+        cluster.set_image("web", "registry.test/web:v2")
+        status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 300)
+    finally:
+        driver.stop()
+    assert status["phase"] == "RolledBack", status["message"]
+    quality, errors = evidence_of(status, "quality"), evidence_of(status, "errors")
+    assert quality["verdict"] == "Regression" and quality["estimate"] > 0.6, quality
+    assert errors["verdict"] != "Regression", errors
+    assert "quality" in status["message"]
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("analysis,field,words", [
+    ({"compare": [errors_gate(1.0)]}, "maxRatio", "greater than 1"),
+    ({"compare": [{"name": "q", "judge": {"url": "http://j", "maxLossShare": 0.5}}]}, "maxLossShare", "0.5"),
+    ({"alpha": 0.7, "compare": [errors_gate(1.5)]}, "alpha", "0.5"),
+    ({"alpha": 0, "compare": [errors_gate(1.5)]}, "alpha", "0"),
+    ({"compare": [{"name": "e", "rates": {"bad": "sum(x)", "total": "sum(y)", "maxRatio": 2}}]},
+     "compare[0]", "{{ variant }}"),
+], ids=["ratio-1", "loss-half", "alpha-high", "alpha-zero", "no-variant"])
+def test_bad_comparison_input_is_rejected_at_apply_naming_the_field(cluster, analysis, field, words):
+    body = canary_release("bad", "web")
+    body["spec"]["analysis"] = analysis
+    with pytest.raises(kubernetes.client.ApiException) as raised:
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, body)
+    assert raised.value.status == 422
+    assert field in raised.value.body and words in raised.value.body, raised.value.body
+
+
+def test_the_threshold_is_shared_by_all_comparison_gates(cluster, operator, apps, traffic_60):
+    apps["primary"].configure(error_rate=BASELINE)
+    apps["canary"].configure(error_rate=BASELINE)
+    slow = {"name": "slow", "rates": {"bad": BAD.replace('code=~"5.."', 'code=~"4.."'), "total": TOTAL,
+                                      "maxRatio": 1.5}}
+    release_with(cluster, [errors_gate(1.5), slow], alpha=0.02, checksPerStep=100)
+    cluster.set_image("web", "registry.test/web:v2")
+    status = wait_until(lambda: (s := cluster.status("web")) and len(s.get("evidence", [])) == 2 and s, 90,
+                        "evidence of both gates")
+    assert all(math.isclose(e["threshold"], 2 / 0.02) for e in status["evidence"])

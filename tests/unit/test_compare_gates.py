@@ -1,0 +1,59 @@
+"""Comparison gates' evaluation: cumulative counter readings become whole events once, a counter
+going backwards is not counted twice, and the check says what the evidence says."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from canarist.analysis.compare import Pairs, RateTotals, evaluate_quality, evaluate_rates, pair_value
+from canarist.api.compare import Comparison
+from canarist.api.status import CheckResult
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+RATES = Comparison.model_validate({"name": "errors", "rates": {"bad": "b{{ variant }}", "total": "t{{ variant }}",
+                                                                "maxRatio": 1.5}})
+SCORES = Comparison.model_validate({"name": "quality", "judge": {"url": "http://judge", "maxScoreDrop": 0.05}})
+LOSSES = Comparison.model_validate({"name": "duel", "judge": {"url": "http://judge", "maxLossShare": 0.6}})
+
+
+def test_cumulative_readings_are_differenced_into_whole_events_without_drift():
+    evidence = None
+    # increase() extrapolates: readings like 0.4, 1.3, 2.6 are 0, 1, 3 whole events, never 0.4 + 0.9 + 1.3.
+    for canary_bad in (0.4, 1.3, 2.6):
+        check, evidence = evaluate_rates(RATES, evidence, RateTotals(canary_bad, 100 * canary_bad, 10, 1000),
+                                         0.01, 1, NOW)
+    assert evidence.state["ratio"]["canaryBad"] == 3
+
+
+def test_a_counter_going_backwards_is_not_counted_twice():
+    _, evidence = evaluate_rates(RATES, None, RateTotals(10, 1000, 10, 1000), 0.01, 1, NOW)
+    _, evidence = evaluate_rates(RATES, evidence, RateTotals(4, 400, 10, 1000), 0.01, 1, NOW)  # a reset
+    _, evidence = evaluate_rates(RATES, evidence, RateTotals(12, 1200, 12, 1200), 0.01, 1, NOW)
+    assert evidence.state["ratio"]["canaryBad"] == 12
+    assert evidence.state["totals"] == [12, 1200, 12, 1200]
+
+
+def test_a_clear_regression_fails_the_check_and_names_the_ratio():
+    check, evidence = evaluate_rates(RATES, None, RateTotals(300, 1000, 100, 1000), 0.01, 2, NOW)
+    assert check.result == CheckResult.FAILED and evidence.verdict == "Regression"
+    assert evidence.threshold == 200 and evidence.estimate > 2.5 and evidence.low > 1.5
+    assert "x the primary's" in check.message
+
+
+def test_no_canary_requests_is_no_data_never_a_pass():
+    check, _ = evaluate_rates(RATES, None, RateTotals(0, 0, 5, 1000), 0.01, 1, NOW)
+    assert check.result == CheckResult.NO_DATA
+
+
+def test_pairs_become_values_in_the_gates_own_terms():
+    assert abs(pair_value(SCORES, 0.9, 0.7, None) - 0.6) < 1e-9  # a drop of 0.2, rescaled to [0, 1]
+    assert pair_value(SCORES, None, 0.7, "loss") is None
+    assert [pair_value(LOSSES, None, None, o) for o in ("loss", "tie", "win", None)] == [1.0, 0.5, 0.0, None]
+
+
+def test_quality_evidence_keeps_the_cursor_and_reports_the_score_drop():
+    check, evidence = evaluate_quality(SCORES, None, Pairs(tuple([0.7] * 200), "c1"), 0.01, 1, NOW)
+    assert evidence.state["cursor"] == "c1" and evidence.measure == "scoreDrop"
+    assert abs(evidence.estimate - 0.4) < 1e-6 and check.result == CheckResult.FAILED
+    check, evidence = evaluate_quality(SCORES, evidence, Pairs((), None), 0.01, 1, NOW)
+    assert evidence.state["cursor"] == "c1", "no new pairs keeps the old cursor"

@@ -17,7 +17,8 @@ def test_demo_promotes_then_rolls_back_and_writes_the_timeline(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
     assert "release 1: Succeeded; release 2: RolledBack" in out
-    assert "judge-score=" in out and "promoted" in out
+    assert "quality=" in out and "promoted" in out
+    assert "evidence at confidence 0.99 that the canary is worse than tolerated" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "nothing of the demo is left running" in out
     left = subprocess.run(["hack/check-no-leftovers.sh", "canarist-demo"], capture_output=True, text=True)

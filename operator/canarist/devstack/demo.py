@@ -4,7 +4,8 @@ The local stack (kube-apiserver with simulated nodes, Prometheus), the judge ser
 scripted LLM, canarist installed with Helm and run with the chart's ServiceAccount, stand-in
 processes for the stable and canary versions of an AI service with traffic following the
 HTTPRoute. Release 1 is good and is promoted step by step; release 2 gives worse answers (no
-errors, no latency change) and the judge gate rolls it back. A timeline PNG is written at the end.
+errors, no latency change): the judge compares both versions' answers to the same questions and
+the anytime-valid evidence rolls it back. A timeline PNG (weight, metrics, evidence) is written at the end.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ def canary_release(judge_url: str, interval: str) -> dict:
                 "interval": interval, "failureLimit": 1,
                 "metrics": [{"name": "error-rate", "max": 0.02, "prometheus": {
                     "query": rate.replace("{sel}", ',code=~"5.."') + " / " + rate.replace("{sel}", "")}}],
-                "judge": {"url": judge_url, "minScore": 0.8, "maxRegression": 0.1, "minSamples": 10,
-                          "timeout": "3s"},
+                # Answer quality: the canary against the primary on the same questions, head to head,
+                # with anytime-valid evidence (it may lose at most 60 % of comparisons, ties half).
+                "compare": [{"name": "quality", "judge": {"url": judge_url, "maxLossShare": 0.6, "timeout": "3s"}}],
+                "alpha": 0.01,
             },
         },
     }
+
+
+def _loss_share(evidence: dict | None) -> float | None:
+    return None if evidence is None else evidence.get("estimate")
 
 
 def deployment(image: str) -> dict:
@@ -100,9 +107,13 @@ class Demo:
                 status = self.status()
                 rolling = status.get("phase") in ("Progressing", "Paused", "Promoting")
                 checks = {c["name"]: c for c in status.get("lastChecks", [])} if rolling else {}
+                evidence = next((e for e in status.get("evidence", []) if e["name"] == "quality"), None)
+                shown = evidence if rolling else None
                 self.timeline.add(self.elapsed(), status.get("canaryWeight", 0),
                                   checks.get("error-rate", {}).get("value"),
-                                  checks.get("judge-score", {}).get("value"))
+                                  _loss_share(shown),
+                                  shown.get("rollback") if shown else None, shown.get("promote") if shown else None,
+                                  evidence.get("threshold") if evidence else None)
             except Exception:  # a missed sample is fine; the picture is a summary
                 pass
 
@@ -171,7 +182,8 @@ def run(output: Path, fast: bool) -> Path:
         demo = Demo(stack, judge, api, apps)
         wait_until(lambda: demo.status().get("phase") == "Idle", 90, "the CanaryRelease to initialize")
         say(f"  CanaryRelease {release}: primary created, all traffic on it; steps {STEPS}, gates: error rate "
-            "<= 2%, judge score >= 0.8, regression <= 0.1")
+            "<= 2%, and the judge comparing both versions' answers head to head (the canary may lose at most 60 %, "
+            "decided with anytime-valid evidence at 99 % confidence)")
         traffic = TrafficDriver(api, NAMESPACE, APP, {f"{APP}-primary": apps["primary"].url,
                                                       f"{APP}-canary": apps["canary"].url},
                                 rps=25, poll_interval=0.5, questions=arithmetic_questions(60))

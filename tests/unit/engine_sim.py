@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, CheckResult
 from canarist.engine import (Action, Decision, EnsurePrimary, Requests, ScaleCanary, SetRoute, World, analysis_due,
-                             decide)
+                             comparisons_due, decide)
 from canarist.engine.plan import apply_in_order
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -52,10 +52,13 @@ class Sim:
     route_fails: bool = False  # writing the route fails (an API error)
     history: list[Decision] = field(default_factory=list)
 
-    def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10, evidence=None) -> Decision:
+    def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10, evidence=None,
+             comparisons: tuple[Check, ...] | None = None) -> Decision:
+        """`comparisons` (and `evidence`) stand for the comparison gates, which run on every tick of a step."""
         """One handler tick `advance` seconds after the last; `checks` are used only if analysis is due."""
         self.now += timedelta(seconds=advance)
         due = analysis_due(self.status, self.now)
+        compare_due = comparisons_due(self.status) and comparisons is not None
         world = World(
             target_revision=self.target, primary_revision=self.primary, primary_ready=self.primary is not None,
             canary_ready=self.canary_up and not self.canary_broken and not self.canary_degraded,
@@ -63,7 +66,8 @@ class Sim:
             routed_weight=self.route[1] if self.route else None,
             problems=self.problems, requests=self.requests,
             checks=(checks if checks is not None else ()) if due else None,
-            evidence=tuple(evidence) if due and evidence is not None else None,
+            comparisons=comparisons if compare_due else None,
+            evidence=tuple(evidence) if (due or compare_due) and evidence is not None else None,
         )
         decision = decide(self.spec, self.status, world, self.now, generation=1)
         self.outcome = apply_in_order(decision.actions, self._apply)

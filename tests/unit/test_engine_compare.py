@@ -70,3 +70,24 @@ def test_hold_timeout_rolls_back_by_default():
     for _ in range(8):
         sim.tick(check(CheckResult.NO_DATA), evidence=[evidence("Undecided")])
     assert sim.status.phase == Phase.ROLLED_BACK
+
+
+def test_evidence_is_read_on_every_tick_not_only_every_interval():
+    sim = Sim(spec=compare_spec(interval="1m")).initialized()
+    sim.target = "rev2"
+    sim.tick()
+    sim.tick(advance=5, comparisons=check(CheckResult.PASSED), evidence=[evidence("Undecided")])
+    assert sim.status.phase == Phase.PROGRESSING and sim.status.last_check_at is None, "no interval passed yet"
+    sim.tick(advance=5, comparisons=check(CheckResult.FAILED), evidence=[evidence("Regression")])
+    assert sim.status.phase == Phase.ROLLED_BACK, "a regression is acted on at the tick it shows"
+
+
+def test_the_last_step_is_left_at_the_tick_the_evidence_arrives():
+    sim = Sim(spec=compare_spec(interval="1m")).initialized()
+    sim.target = "rev2"
+    for _ in range(200):
+        sim.tick(check(CheckResult.PASSED), advance=5, comparisons=check(CheckResult.PASSED),
+                 evidence=[evidence("Undecided")])
+    assert sim.status.step_weight == 50 and sim.status.checks_passed >= 1
+    sim.tick(advance=5, comparisons=check(CheckResult.PASSED), evidence=[evidence("WithinTolerance", 150)])
+    assert sim.status.step_weight == 100

@@ -37,6 +37,11 @@ def analysis_due(status: CanaryReleaseStatus, now: datetime) -> bool:
     return since is None or now >= since + parse_duration(status.pinned_analysis.interval)
 
 
+def comparisons_due(status: CanaryReleaseStatus) -> bool:
+    """Comparison gates run on every tick of a step: their evidence may be read at any time."""
+    return status.phase == Phase.PROGRESSING and status.step_weight > 0 and status.pinned_analysis is not None
+
+
 def decide(spec: CanaryReleaseSpec, status: CanaryReleaseStatus, world: World, now: datetime,
            generation: int | None = None) -> Decision:
     return _Tick(spec, status, world, now, generation).run()
@@ -239,8 +244,10 @@ class _Tick:
                 self._enter_step(0)
             else:
                 s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
+        elif w.comparisons is not None and self._weigh_evidence(w.comparisons):
+            pass  # rolled back, or left the last step below 100 % on the evidence
         elif w.checks is not None:
-            checks = w.checks
+            checks = w.checks + (w.comparisons or ())
             if not w.canary_available:
                 # Pods crashing mid-step leave the gates without data, which alone would only hold
                 # the step while its share of users gets errors: a canary with no Ready pod, or one
@@ -401,6 +408,28 @@ class _Tick:
         else:
             self._event("AnalysisPassed", f"revision {_short(s.revisions.canary)} passed every step")
             self._start_promoting()
+
+    def _weigh_evidence(self, comparisons: tuple[Check, ...]) -> bool:
+        """Every tick, not only every interval: the evidence may be read at any time. Roll back on
+        evidence of a regression; once the last step below 100 % has its passed checks, leave it as
+        soon as the evidence says every gate is within tolerance. True when the rollout moved."""
+        s, analysis = self.s, self.s.pinned_analysis
+        assert analysis is not None
+        if self.world.evidence is not None:
+            s.evidence = list(self.world.evidence)
+        regressions = [c for c in comparisons if c.result == CheckResult.FAILED]
+        if regressions:
+            s.last_checks, s.last_check_at = list(comparisons), self.now
+            self._rollback("Regression", f"evidence at confidence {1 - analysis.alpha:g} that the canary is worse "
+                                         "than tolerated: " + "; ".join(c.describe() for c in regressions))
+            return True
+        steps = s.pinned_steps or self.spec.steps
+        waiting = (s.checks_passed >= analysis.checks_per_step and steps[s.step_index] < 100
+                   and (s.step_index + 1 == len(steps) or steps[s.step_index + 1] >= 100))
+        if waiting and self._within_tolerance():
+            self._advance()
+            return True
+        return False
 
     def _within_tolerance(self) -> bool:
         """Promotion needs evidence at 1 - alpha that every comparison gate is within tolerance."""

@@ -35,6 +35,7 @@ class World:
     routing_available: bool = True       # the route can be written (its CRDs exist)
     requests: Requests = field(default_factory=Requests)
     checks: tuple[Check, ...] | None = None  # None: no analysis ran this tick
+    comparisons: tuple[Check, ...] | None = None  # the comparison gates' checks, run every tick of a step
     evidence: tuple[Evidence, ...] | None = None  # the comparison gates' evidence after this tick's run
 
 

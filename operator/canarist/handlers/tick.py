@@ -27,7 +27,7 @@ from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Phase
 from canarist.engine import (Action, EnsureApex, EnsurePrimary, EnsureServices, Requests, ScaleCanary, SetRoute,
-                             World, analysis_due, decide)
+                             World, analysis_due, comparisons_due, decide)
 from canarist.engine.conditions import set_condition
 from canarist.engine.decide import ROLLOUT_PHASES
 from canarist.engine.plan import apply_in_order
@@ -178,13 +178,15 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     if target is not None and not problems and status.phase in (None, Phase.INITIALIZING):
         warnings = tuple(workloads.bypasses(target, spec.service.adopt_target_service))
 
-    checks, evidence = None, None
-    if not problems and analysis_due(status, now) and target_revision == status.revisions.canary:
+    checks, comparisons, evidence = None, None, None
+    if not problems and target_revision == status.revisions.canary and status.pinned_analysis is not None:
         where = GateTarget(namespace, name, spec.target_ref.name, step_started_at=status.step_started_at or now,
                            rollout_started_at=status.rollout_started_at or status.step_started_at or now)
-        checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
-        compared, evidence = run_comparison_gates(status.pinned_analysis, where, ctx.gates, status.evidence, now)
-        checks += compared
+        if analysis_due(status, now):
+            checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
+        if comparisons_due(status) and status.pinned_analysis.compare:
+            comparisons, evidence = run_comparison_gates(status.pinned_analysis, where, ctx.gates, status.evidence,
+                                                         now)
 
     canary_ok, canary_why = availability(target) if target else (False, "the canary Deployment is missing")
     matches_canary = bool(target) and target_revision == status.revisions.canary
@@ -200,6 +202,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         routing_available=routing_available,
         requests=read_requests(body),
         checks=checks,
+        comparisons=comparisons,
         evidence=evidence,
         warnings=warnings,
     )

@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo stack deps binaries prometheus unit crds stack-down clean help
+.PHONY: test demo stack deps binaries prometheus unit chaos crds stack-down clean help
 
 help:
 	@echo "make test   - set everything up (Python deps, cluster binaries, Prometheus) and run every test"
 	@echo "make demo   - two real releases on the local stack: one promoted, one rolled back by the judge; writes a PNG"
 	@echo "make stack  - only the local stack (cluster + Prometheus), kept until Ctrl-C"
 	@echo "make unit   - only the fast unit tests"
+	@echo "make chaos  - only the chaos suite: 32 rollouts with the operator killed at random, components stopped mid-step"
 
 ## test: set-up included, then every test; fails if any process of the stack survives.
 test: deps binaries prometheus
@@ -19,6 +20,11 @@ test: deps binaries prometheus
 
 unit: deps
 	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+## chaos: only the chaos suite (part of `make test` too); CANARIST_CHAOS_SEED=<seed> replays a run.
+chaos: deps binaries prometheus
+	$(PY) -m pytest -s $(PYTEST_ARGS) tests/e2e/test_chaos.py
+	hack/check-no-leftovers.sh $${CANARIST_TEST_STACK:-canarist-test}
 
 demo: deps binaries prometheus
 	$(PY) -m canarist.devstack.demo

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ class LocalCluster:
     nodes: int = 2
     bin_dir: Path | None = None
     kubeconfig: Path = field(init=False)
+    _restarted: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False)  # ours to reap
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -122,6 +125,52 @@ class LocalCluster:
             if pid_alive(pid):
                 found.append(pid)
         return found
+
+    def _command(self, component: str) -> tuple[int, list[str], str, dict[str, str]]:
+        """(pid, argv, working directory, environment) of a running component, from /proc."""
+        pid = int((self._cluster_dir / "pids" / f"{component}.pid").read_text().strip())
+        proc = Path(f"/proc/{pid}")
+        argv = proc.joinpath("cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        environ = proc.joinpath("environ").read_bytes().decode().split("\0")
+        return pid, argv, os.readlink(proc / "cwd"), dict(item.split("=", 1) for item in environ if "=" in item)
+
+    def _relaunch(self, component: str, argv: list[str], cwd: str, env: dict[str, str]) -> int:
+        """Start a component again as kwokctl does: its own session, output appended to its log, pid
+        in its pid file (so `stop()` and the reaper still end it)."""
+        with open(self._cluster_dir / "logs" / f"{component}.log", "ab") as log:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self._restarted.append(proc)
+        (self._cluster_dir / "pids" / f"{component}.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def restart_apiserver(self, down_for: float = 0.0, timeout: float = 120, lease_seconds: float = 15) -> int:
+        """Kill kube-apiserver alone (SIGKILL: its graceful stop drains for a minute) and start it again
+        with the same command line, working directory and environment, leaving etcd and the others
+        running. Returns the new pid once /readyz answers.
+
+        kube-controller-manager and kube-scheduler exit when they cannot renew their leader lease
+        during the outage; a kubelet would restart them, and here this does, with their own command
+        lines, for `lease_seconds` (the lease duration) after the API server is back.
+        """
+        commands = {c: self._command(c) for c in K8S_COMPONENTS
+                    if (self._cluster_dir / "pids" / f"{c}.pid").exists()}
+        pid, argv, cwd, env = commands["kube-apiserver"]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 30, "kube-apiserver to die")
+        time.sleep(down_for)  # the length of the outage is the caller's choice, not a wait for a state
+        new_pid = self._relaunch("kube-apiserver", argv, cwd, env)
+        wait_until(lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, timeout,
+                   "kube-apiserver to be ready again", interval=0.5)
+
+        # A supervisor's watch over one lease period (no state to wait for: a component may yet exit).
+        deadline = time.monotonic() + lease_seconds
+        while time.monotonic() < deadline:
+            for component, (old_pid, *command) in commands.items():
+                if component != "kube-apiserver" and not pid_alive(old_pid):
+                    commands[component] = (self._relaunch(component, *command), *command)
+            time.sleep(0.5)
+        return new_pid
 
     def stop(self) -> None:
         """Stop every process of the cluster and delete its state. Safe to call more than once."""

@@ -50,7 +50,7 @@ class LocalPrometheus:
         return self.workdir / "targets.json"
 
     def start(self) -> "LocalPrometheus":
-        binary = prometheus_binary()
+        prometheus_binary()  # fail early, before removing anything, when it is not installed
         self.stop()  # a crashed earlier run may have left one behind
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
@@ -62,11 +62,14 @@ class LocalPrometheus:
                 "file_sd_configs": [{"files": [str(self._sd_file)], "refresh_interval": "1s"}],
             }],
         }
-        config_path = self.workdir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(config))
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        return self._launch()
+
+    def _launch(self) -> "LocalPrometheus":
+        """Run the Prometheus process on the config, data and port in place; wait until it is ready."""
         proc = start_process([
-            binary,
-            f"--config.file={config_path}",
+            prometheus_binary(),
+            f"--config.file={self.workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle",
@@ -80,6 +83,20 @@ class LocalPrometheus:
             self.stop()
             raise
         return self
+
+    def halt(self) -> None:
+        """Stop the Prometheus process only (an outage, not a teardown): its port, data, config and
+        targets stay, for `resume()`."""
+        if self._pid is not None:
+            stop_process_group(self._pid)
+            self._pid = None
+        self._pidfile.unlink(missing_ok=True)
+
+    def resume(self) -> "LocalPrometheus":
+        """Start Prometheus again after `halt()`: same port (clients keep their URL), same data."""
+        if self._pid is not None:
+            raise RuntimeError("Prometheus is running; halt() it first")
+        return self._launch()
 
     def _ready(self) -> bool:
         with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from canarist.devstack.demoapp import DemoApp
+from canarist.devstack.judge_server import JudgeServer
+from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.devstack.traffic import TrafficDriver
 
 from canarist.devstack.chart import install_chart, operator_kubeconfig, uninstall_chart
@@ -71,3 +73,20 @@ def traffic(kube_client, namespace, apps) -> Iterator[TrafficDriver]:
     driver.start()
     yield driver
     driver.stop()
+
+
+@pytest.fixture
+def judge(tmp_path) -> Iterator[JudgeServer]:
+    """The judge service as a process, scoring with a scripted OpenAI-compatible LLM server."""
+    with ScriptedLLM.start(workdir=tmp_path / "llm") as llm:
+        server = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
+    """Stand-in apps that report every answer to the judge."""
+    with scraped_apps(stack, namespace, tmp_path / "judged", judge_url=judge.url,
+                      release=f"{namespace}/web") as running:
+        yield running

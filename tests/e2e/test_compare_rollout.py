@@ -10,13 +10,9 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
-from canarist.devstack.demoapp import DemoApp
-from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.procs import wait_until
-from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
 
-from .conftest import scraped_apps
 from .harness import RouteWatcher, canary_release, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -105,21 +101,6 @@ def test_evidence_survives_an_operator_restart(cluster, operator, apps, traffic_
 
 
 # -- answer quality, paired on the same inputs -----------------------------------------------------
-
-@pytest.fixture
-def judge(tmp_path) -> Iterator[JudgeServer]:
-    with ScriptedLLM.start(workdir=tmp_path / "llm") as llm:
-        server = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
-        yield server
-        server.stop()
-
-
-@pytest.fixture
-def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
-    with scraped_apps(stack, namespace, tmp_path / "judged", judge_url=judge.url,
-                      release=f"{namespace}/web") as running:
-        yield running
-
 
 def test_a_canary_whose_answers_lose_is_rolled_back_on_quality_with_equal_error_rates(cluster, operator, judge,
                                                                                       judged_apps, kube_client):

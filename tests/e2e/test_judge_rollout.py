@@ -6,32 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from canarist.devstack.demoapp import DemoApp
-from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.procs import wait_until
-from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
 
-from .conftest import scraped_apps
 from .harness import canary_release, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
 STEPS = [20, 50, 100]
-
-
-@pytest.fixture
-def judge(tmp_path) -> Iterator[JudgeServer]:
-    with ScriptedLLM.start(workdir=tmp_path / "llm") as llm:
-        server = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
-        yield server
-        server.stop()
-
-
-@pytest.fixture
-def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
-    with scraped_apps(stack, namespace, tmp_path, judge_url=judge.url, release=f"{namespace}/web") as running:
-        yield running
 
 
 @pytest.fixture

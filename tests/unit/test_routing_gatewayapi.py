@@ -203,3 +203,27 @@ def test_gateway_api_version_is_pinned_in_one_place():
     go_mod = (ROOT / "hack" / "tools" / "gateway-api" / "go.mod").read_text()
     pinned = re.search(r"^require sigs\.k8s\.io/gateway-api (\S+)$", go_mod, re.M).group(1)
     assert pinned == devstack_gatewayapi.GATEWAY_API_VERSION == gatewayapi.GATEWAY_API_VERSION
+
+
+def refused(generation: int, observed: int) -> dict:
+    route = build(matches=None, backends=[("bot-primary", 100), ("bot-canary", 0)])
+    route["metadata"]["generation"] = generation
+    route["status"] = {"parents": [{
+        "parentRef": {"name": "public", "namespace": "infra"}, "controllerName": "example.net/gateway",
+        "conditions": [{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners",
+                        "message": "hostname bot.example.com matches no listener", "observedGeneration": observed}]}]}
+    return route
+
+
+def test_a_route_its_gateway_refused_is_reported_naming_the_field():
+    from canarist.routing import RouteNotAccepted
+
+    with pytest.raises(RouteNotAccepted) as raised:
+        router(FakeCustomObjects({"bot": refused(3, 3)})).get_weights()
+    message = str(raised.value)
+    assert message.startswith("spec.routing.gatewayAPI: ") and "infra/public" in message
+    assert "NotAllowedByListeners" in message and "carries no traffic" in message
+
+
+def test_a_refusal_of_an_older_generation_is_not_held_against_the_route():
+    assert router(FakeCustomObjects({"bot": refused(4, 3)})).get_weights() == (100, 0)

@@ -3,8 +3,8 @@
 Every provider implements `TrafficRouter`; handlers pick one from spec.routing.
 """
 
-from .base import RouteConflict, RoutingError, RoutingUnavailable, TrafficRouter, validate_weights
+from .base import RouteConflict, RouteNotAccepted, RoutingError, RoutingUnavailable, TrafficRouter, validate_weights
 from .gatewayapi import GatewayAPIRouter
 
-__all__ = ["GatewayAPIRouter", "RouteConflict", "RoutingError", "RoutingUnavailable", "TrafficRouter",
+__all__ = ["GatewayAPIRouter", "RouteConflict", "RouteNotAccepted", "RoutingError", "RoutingUnavailable", "TrafficRouter",
            "validate_weights"]

@@ -13,6 +13,10 @@ class RoutingUnavailable(RoutingError):
     """The provider's API is missing from the cluster (e.g. its CRDs are not installed)."""
 
 
+class RouteNotAccepted(RoutingError):
+    """The data plane (a Gateway's controller) refused the route canarist wrote: it carries no traffic."""
+
+
 class RouteConflict(RoutingError):
     """An object canarist would manage exists and belongs to someone else; canarist leaves it alone."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
-from .base import RouteConflict, RoutingError, RoutingUnavailable, validate_weights
+from .base import RouteConflict, RouteNotAccepted, RoutingError, RoutingUnavailable, validate_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,21 @@ def weights_of(route: Mapping[str, Any], primary_service: str, canary_service: s
             if ref["group"] == "" and ref["kind"] == "Service":
                 weights[ref["name"]] = weights.get(ref["name"], 0) + ref["weight"]
     return weights.get(primary_service, 0), weights.get(canary_service, 0)
+
+
+def not_accepted(route: Mapping[str, Any]) -> str | None:
+    """Why a Gateway's controller refused the route as it is now (status.parents[].conditions,
+    Accepted=False for the route's current generation), or None."""
+    generation = route.get("metadata", {}).get("generation")
+    for parent in (route.get("status") or {}).get("parents") or []:
+        for condition in parent.get("conditions") or []:
+            current = condition.get("observedGeneration") in (None, generation)
+            if condition.get("type") == "Accepted" and condition.get("status") == "False" and current:
+                ref = parent.get("parentRef") or {}
+                where = f"{ref.get('namespace') + '/' if ref.get('namespace') else ''}{ref.get('name', '?')}"
+                return (f"was not accepted by parent {where} ({parent.get('controllerName', 'its controller')}): "
+                        f"{condition.get('reason', '')}: {condition.get('message', '')}".rstrip(": "))
+    return None
 
 
 def is_missing_object(exc: ApiException) -> bool:
@@ -162,6 +177,10 @@ class GatewayAPIRouter:
             return None
         if self._ownership(current) == "foreign":
             raise self._conflict(current)
+        refusal = not_accepted(current)
+        if refusal:
+            raise RouteNotAccepted(f"{FIELD}: HTTPRoute {self._ref} {refusal}; it carries no traffic: fix "
+                                   f"{FIELD}.parentRefs or hostnames, or the Gateway's listeners")
         return weights_of(current, self.primary_service, self.canary_service)
 
     def finalize(self, keep_serving: str | None) -> None:

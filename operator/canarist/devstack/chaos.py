@@ -49,6 +49,7 @@ class OperatorKiller:
     downtime: tuple[float, float] = (0.0, 2.0)
     max_kills: int = 10
     kills: list[float] = field(default_factory=list)  # wall-clock times of the kills
+    starts: list[float] = field(default_factory=list)  # and of the restarts
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -63,6 +64,7 @@ class OperatorKiller:
             self.kills.append(time.time())
             self._stop.wait(self.rng.uniform(*self.downtime))
             self.operator.start()  # even when stopping: the operator must be left running
+            self.starts.append(time.time())
 
     def stop(self) -> None:
         """No more kills; returns with the operator running."""
@@ -71,6 +73,7 @@ class OperatorKiller:
             self._thread.join(30)
         if self.operator.proc is None or self.operator.proc.poll() is not None:
             self.operator.start()
+            self.starts.append(time.time())
 
 
 def _route_weights(route: dict) -> tuple[int, int]:

@@ -424,9 +424,10 @@ def test_environment_problem_mid_rollout_sends_users_back_to_primary():
 def test_restart_replaying_a_tick_from_the_same_status_gives_the_same_decision():
     sim = Sim().initialized()
     walk_to(sim, 5)
-    status_before, now = sim.status.model_copy(deep=True), sim.now
+    status_before, now, route = sim.status.model_copy(deep=True), sim.now, sim.route
     first = sim.tick(PASS)
-    sim.status, sim.now = status_before, now  # the operator died before the status write landed
+    # The operator died before the status write landed (so before acting: status is written first).
+    sim.status, sim.now, sim.route = status_before, now, route
     second = sim.tick(PASS)
     assert first.actions == second.actions and first.status == second.status
 

@@ -132,3 +132,22 @@ def test_other_selectors_of_the_target_are_named_in_a_warning_before_scaling():
     warning = next(c for c in d.status.conditions if c.type == "Warning")
     assert warning.status == "True" and "legacy" in warning.message
     assert [e.reason for e in d.events].count("TargetPodsSelectedElsewhere") == 1
+
+
+def test_a_step_counts_no_evidence_until_its_weight_is_in_the_route():
+    """The operator killed between writing step 2 to status and moving the route: its successor
+    must not pass step 2 on checks taken while users still got step 1's weight."""
+    sim = Sim().initialized()
+    walk_to(sim, 1)
+    sim.route_fails = True
+    sim.tick(PASS)  # decides step 2 (5 %); the route stays at 1 %
+    assert sim.status.step_weight == 5 and sim.route == (99, 1)
+    for _ in range(3):
+        sim.tick(PASS)
+    assert sim.status.step_weight == 5 and sim.status.checks_passed == 0, "passed a step users never saw"
+    assert "moving the route to 5%" in sim.status.message
+    sim.route_fails = False
+    sim.tick(PASS)
+    assert sim.route == (95, 5) and sim.status.step_weight == 5
+    sim.tick(PASS)
+    assert sim.status.step_weight == 20

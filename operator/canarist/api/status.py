@@ -86,6 +86,16 @@ class Evidence(StatusModel):
         "The sequential test's running state, so the evidence survives an operator restart."))
 
 
+class PendingEvent(StatusModel):
+    """An Event of the last transition, recorded with it so that it is posted exactly once even when
+    the operator dies between writing the status and posting it (its name comes from `key`)."""
+
+    key: str
+    reason: str
+    message: str
+    type: Literal["Normal", "Warning"] = "Normal"
+
+
 class Condition(StatusModel):
     type: str
     status: Literal["True", "False", "Unknown"]
@@ -127,6 +137,9 @@ class CanaryReleaseStatus(StatusModel):
         "The last request token acted on per manual action, so one request acts once."))
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+    pending_events: list[PendingEvent] = Field(default_factory=list, description=(
+        "Events of the last transition; posted after the status write that records it, again by the "
+        "next tick if the operator died in between, then cleared."))
 
     @model_validator(mode="before")
     @classmethod

@@ -244,6 +244,12 @@ class _Tick:
                 self._enter_step(0)
             else:
                 s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
+        elif w.routed_weight is not None and w.routed_weight != s.step_weight:
+            # A step begins when its weight is in the route, not when the status says so (a tick
+            # cut short between the two, a route write that failed): no evidence of the step
+            # counts before, and its first interval starts once users are there.
+            s.step_started_at, s.last_check_at = self.now, None
+            s.message = f"step {s.step_index + 1}: moving the route to {s.step_weight}% (it has {w.routed_weight}%)"
         elif w.comparisons is not None and self._weigh_evidence(w.comparisons):
             pass  # rolled back, or left the last step below 100 % on the evidence
         elif w.checks is not None:

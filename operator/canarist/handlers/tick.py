@@ -25,9 +25,9 @@ from pydantic import ValidationError
 from canarist.analysis.gates import GateClients, GateTarget, run_comparison_gates, run_gates
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.api.spec import CanaryReleaseSpec
-from canarist.api.status import CanaryReleaseStatus, Phase
-from canarist.engine import (Action, EnsureApex, EnsurePrimary, EnsureServices, Requests, ScaleCanary, SetRoute,
-                             World, analysis_due, comparisons_due, decide)
+from canarist.api.status import CanaryReleaseStatus, PendingEvent, Phase
+from canarist.engine import (Action, EnsureApex, EnsurePrimary, EnsureServices, Event, Requests, ScaleCanary,
+                             SetRoute, World, analysis_due, comparisons_due, decide)
 from canarist.engine.conditions import set_condition
 from canarist.engine.decide import ROLLOUT_PHASES
 from canarist.engine.plan import apply_in_order
@@ -206,20 +206,24 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         evidence=evidence,
         warnings=warnings,
     )
+    # The last transition's events that may not be out yet (the operator died after writing it).
+    post_pending(ctx, body, status, now)
     decision = decide(spec, status, world, now, generation)
-    # Events go out before the status write that records their transition: were the operator
-    # killed in between, the replayed tick posts the same events under the same names (no loss,
-    # no duplicate). Killed after the write, the transition is done and its events are out.
+    # A transition's events are recorded in the status write that makes it, and posted after it
+    # under names derived from it: killed before the write, nothing happened and nothing is told;
+    # killed after it, the next tick posts them; posted twice, the second is refused by name.
     transition = hashlib.sha256(json.dumps(status.to_k8s(), sort_keys=True).encode()).hexdigest()
-    for index, event in enumerate(decision.events):
-        key = hashlib.sha256(f"{uid}/{transition}/{index}/{event.reason}".encode())
-        post_event(ctx.api, body, event, now, key.hexdigest()[:20])
+    decision.status.pending_events = [
+        PendingEvent(key=hashlib.sha256(f"{uid}/{transition}/{index}/{event.reason}".encode()).hexdigest()[:20],
+                     reason=event.reason, message=event.message[:1024], type=event.type)
+        for index, event in enumerate(decision.events)]
     if decision.status != status:
         try:
             replace_status(ctx.api, body, decision.status)
         except StaleRead:
             log.info("%s/%s changed during the tick; deciding again next tick", namespace, name)
             return
+        post_pending(ctx, body, decision.status, now)
 
     refused: list[tuple[Action, Exception]] = []
 
@@ -260,6 +264,11 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         log.warning("%s/%s: %s failed, %d later action(s) wait for the next tick: %s", namespace, name,
                     type(outcome.failed).__name__, len(outcome.skipped), outcome.error)
         raise outcome.error
+
+
+def post_pending(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, now: datetime) -> None:
+    for pending in status.pending_events:
+        post_event(ctx.api, body, Event(pending.reason, pending.message, pending.type), now, pending.key)
 
 
 def _set_route(router: GatewayAPIRouter, action: SetRoute, refused: list) -> None:

@@ -4,9 +4,10 @@ long a good canary waits for promotion, on the same simulated traffic.
     .venv/bin/python bench/blast_radius.py [--runs 2000] [--workers 2] [--tolerances 1.5 2] [--rpm 2000]
 
 Canarist's gates run through the operator's own code: `canarist.engine.decide` every 10 s tick,
-`evaluate_metric` (min/max gate) and `evaluate_rates` (comparison gate, anytime-valid) whenever
-`analysis_due` says so, fed with simulated counts instead of Prometheus answers. The Flagger- and
-Argo-style gates are small policies written here, on the same step schedule.
+`evaluate_metric` (min/max gate) when `analysis_due` says so and `evaluate_rates` (comparison
+gate, anytime-valid) when `comparisons_due` does (every tick of a step), fed with simulated counts
+instead of Prometheus answers. The Flagger- and Argo-style gates are small policies written here,
+on the same step schedule.
 
 Traffic: Poisson arrivals (`--rpm` requests a minute, 10 s ticks) split binomially by the routed
 weight; a per-run baseline error rate drawn from U(0.5 %, 2 %) and multiplied by a drift that
@@ -40,7 +41,8 @@ from canarist.analysis.compare import RateTotals, evaluate_rates
 from canarist.analysis.prometheus import evaluate_metric
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, Evidence, Phase
-from canarist.engine import Action, Decision, EnsurePrimary, ScaleCanary, SetRoute, World, analysis_due, decide
+from canarist.engine import (Action, Decision, EnsurePrimary, ScaleCanary, SetRoute, World, analysis_due,
+                             comparisons_due, decide)
 from canarist.engine.plan import apply_in_order
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -159,43 +161,46 @@ class EngineGate:
         self.totals = [0, 0, 0, 0]   # since the rollout began: what the comparison gates query
         self.weight = 0
         for _ in range(3):           # create the primary, route to it, go Idle
-            self._decide(None, None)
+            self._decide(None, None, None)
         self.target = "rev2"         # the new revision: rollout starts, then the canary gets its first step
         while self.weight == 0:
-            self._decide(None, None)
+            self._decide(None, None, None)
             assert self.now < T0 + timedelta(minutes=5), self.status.message
 
     def tick(self, seconds: float, counts: tuple[int, int, int, int]) -> Outcome | None:
         self.window = [self.window[0] + counts[0], self.window[1] + counts[1]]
         self.totals = [a + b for a, b in zip(self.totals, counts)]
         checks: tuple[Check, ...] | None = None
+        comparisons: tuple[Check, ...] | None = None
         evidence: tuple[Evidence, ...] | None = None
         now = self.now + timedelta(seconds=TICK)
-        if analysis_due(self.status, now):
-            analysis = self.status.pinned_analysis  # what the operator runs: the analysis pinned at the start
-            assert analysis is not None
+        analysis = self.status.pinned_analysis  # what the operator runs: the analysis pinned at the start
+        # As the operator's tick does: min/max gates when analysis is due, comparison gates every
+        # tick of a step (their evidence may be read at any time).
+        if analysis is not None and analysis_due(self.status, now):
             value = self.window[0] / self.window[1] if self.window[1] else None
             checks = tuple(evaluate_metric(g, value, now) for g in analysis.metrics)
-            previous = {e.name: e for e in self.status.evidence}
-            evidence = ()
-            for gate in analysis.compare:
-                check, kept = evaluate_rates(gate, previous.get(gate.name), RateTotals(*self.totals), analysis.alpha,
-                                             len(analysis.compare), now)
-                checks, evidence = checks + (check,), evidence + (kept,)
             self.window = [0, 0]
-        decision = self._decide(checks, evidence)
+        if analysis is not None and comparisons_due(self.status) and analysis.compare:
+            previous = {e.name: e for e in self.status.evidence}
+            pairs = [evaluate_rates(gate, previous.get(gate.name), RateTotals(*self.totals), analysis.alpha,
+                                    len(analysis.compare), now) for gate in analysis.compare]
+            comparisons, evidence = tuple(c for c, _ in pairs), tuple(e for _, e in pairs)
+        decision = self._decide(checks, comparisons, evidence)
         phase = self.status.phase
         if phase == Phase.ROLLED_BACK:
             timeout = any(e.message.startswith("HoldTimeout") for e in decision.events if e.reason == "RolledBack")
             return "hold_timeout" if timeout else "rolled_back"
         return "promoted" if phase in (Phase.PROMOTING, Phase.SUCCEEDED) else None
 
-    def _decide(self, checks: tuple[Check, ...] | None, evidence: tuple[Evidence, ...] | None) -> Decision:
+    def _decide(self, checks: tuple[Check, ...] | None, comparisons: tuple[Check, ...] | None,
+                evidence: tuple[Evidence, ...] | None) -> Decision:
         self.now += timedelta(seconds=TICK)
         world = World(target_revision=self.target, primary_revision=self.primary,
                       primary_ready=self.primary is not None, canary_ready=self.canary_up,
                       canary_available=self.canary_up,
-                      routed_weight=self.route[1] if self.route else None, checks=checks, evidence=evidence)
+                      routed_weight=self.route[1] if self.route else None, checks=checks, comparisons=comparisons,
+                      evidence=evidence)
         decision = decide(self.spec, self.status, world, self.now, generation=1)
         apply_in_order(decision.actions, self._apply)
         self.status = decision.status

@@ -184,7 +184,7 @@ class EngineGate:
         if analysis is not None and comparisons_due(self.status) and analysis.compare:
             previous = {e.name: e for e in self.status.evidence}
             pairs = [evaluate_rates(gate, previous.get(gate.name), RateTotals(*self.totals), analysis.alpha,
-                                    len(analysis.compare), now) for gate in analysis.compare]
+                                    len(analysis.compare), now, self.status.step_index) for gate in analysis.compare]
             comparisons, evidence = tuple(c for c, _ in pairs), tuple(e for _, e in pairs)
         decision = self._decide(checks, comparisons, evidence)
         phase = self.status.phase

@@ -318,6 +318,10 @@ def completes(cluster, operator, recorder: Recorder, pid: int) -> None:
              f"{[(round(t - began, 2), v) for t, v in recorder.release_changes('web')]}\n"
              f"route (s, (primary, canary)): {[(round(t - began, 2), v) for t, v in recorder.route_changes('web')]}\n"
              f"events: {[(e.first_timestamp, e.reason, e.message) for e in cluster.events('web')]}")
+    try:  # a transition's events go out right after the status write that records it
+        wait_until(lambda: step_events(cluster) == STEP_MESSAGES, 10, "every StepStarted event")
+    except TimeoutError:
+        pass
     assert step_events(cluster) == STEP_MESSAGES, story
     assert canary_weights(recorder.route_changes("web")) == [0, *STEPS, 0], story
 

@@ -57,17 +57,19 @@ def test_a_canary_three_times_worse_is_rolled_back_early_with_the_evidence_in_st
                                                                                      traffic_60):
     apps["primary"].configure(error_rate=BASELINE)
     apps["canary"].configure(error_rate=3 * BASELINE)
-    release_with(cluster, [errors_gate(1.5)])
+    # 30 s a step: at this traffic the evidence typically suffices within the 5 % step.
+    release_with(cluster, [errors_gate(1.5)], checksPerStep=15)
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2")
         status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 240)
     assert status["phase"] == "RolledBack", status["message"]
-    assert max(watcher.canary_weights()) < 50, f"caught only at {watcher.canary_weights()}"
+    assert max(watcher.canary_weights()) < 50, f"caught only at {watcher.canary_weights()}: {status['evidence']}"
     evidence = evidence_of(status)
     assert evidence["verdict"] == "Regression" and evidence["rollback"] >= evidence["threshold"] == 100
     assert 1.5 < evidence["estimate"] < 6 and evidence["low"] > 1.5, evidence
     assert "worse than tolerated" in status["message"] and "x the primary's" in status["message"]
-    rolled = [e for e in cluster.events("web") if e.reason == "RolledBack"]
+    rolled = wait_until(lambda: [e for e in cluster.events("web") if e.reason == "RolledBack"], 10,
+                        "the RolledBack event")
     assert len(rolled) == 1 and "Regression" in rolled[0].message
 
 

@@ -37,8 +37,10 @@ def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, 
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2")
         status = cluster.wait_phase("web", {"Succeeded", "RolledBack"}, 150)
-        # Status is written ahead of acting: the route follows within the same tick.
-        wait_until(lambda: cluster.route_weights("web") == (100, 0), 10, "all traffic on the primary")
+        # Status is written ahead of acting: the route follows within the same tick, and the
+        # watcher sees it at its next poll.
+        wait_until(lambda: watcher.changes and watcher.changes[-1][1] == (100, 0), 10,
+                   "all traffic on the primary")
     assert status["phase"] == "Succeeded", (status, operator.log())
     assert watcher.canary_weights() == [0, *STEPS, 0]
     assert cluster.deployment("web-primary").spec.template.spec.containers[0].image == "registry.test/web:v2"
@@ -53,8 +55,9 @@ def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, 
                             capture_output=True, text=True, timeout=30)
     assert waited.returncode == 0, waited.stderr
     assert len(step_messages(cluster)) == len(STEPS)
-    reasons = [e.reason for e in cluster.events("web")]
-    assert "RolloutStarted" in reasons and "Promoted" in reasons
+    # A transition's events go out right after the status write that records it.
+    wait_until(lambda: {"RolloutStarted", "Promoted"} <= {e.reason for e in cluster.events("web")}, 10,
+               "the rollout's events")
     assert traffic.sent.get("web-canary", 0) > 0
 
 

@@ -203,7 +203,8 @@ def test_install_keeps_the_users_service_serving_and_names_other_selectors(clust
     assert owners(service) == [], "the user's Service must never be garbage-collected with the release"
     warning = next(c for c in cluster.status("web")["conditions"] if c["type"] == "Warning")
     assert warning["status"] == "True" and "'legacy'" in warning["message"]
-    assert any(e.reason == "TargetPodsSelectedElsewhere" for e in cluster.events("web"))
+    wait_until(lambda: any(e.reason == "TargetPodsSelectedElsewhere" for e in cluster.events("web")), 10,
+               "the warning Event")
 
     delete_release(cluster)
     wait_until(lambda: release_gone(cluster), 60, "the CanaryRelease to go")

@@ -57,3 +57,20 @@ def test_quality_evidence_keeps_the_cursor_and_reports_the_score_drop():
     assert abs(evidence.estimate - 0.4) < 1e-6 and check.result == CheckResult.FAILED
     check, evidence = evaluate_quality(SCORES, evidence, Pairs((), None), 0.01, 1, NOW)
     assert evidence.state["cursor"] == "c1", "no new pairs keeps the old cursor"
+
+
+def test_counters_scraped_at_different_moments_do_not_skew_the_ratio():
+    """Each tick sees the canary's and the primary's counters at different scrape moments: here
+    one tick holds two scrapes of the canary and one of the primary, the next none of the canary.
+    The estimate must stay right (the share of requests is taken over the step so far)."""
+    canary_rate, primary_rate, requests = 0.6, 0.2, (20.0, 80.0)  # per scrape; true ratio 3, share 0.2
+    totals = [0.0, 0.0, 0.0, 0.0]
+    evidence = None
+    for tick in range(400):
+        scrapes = (2, 1) if tick % 2 == 0 else (0, 1)
+        totals[0] += scrapes[0] * requests[0] * canary_rate
+        totals[1] += scrapes[0] * requests[0]
+        totals[2] += scrapes[1] * requests[1] * primary_rate
+        totals[3] += scrapes[1] * requests[1]
+        _, evidence = evaluate_rates(RATES, evidence, RateTotals(*totals), 0.01, 1, NOW, step=1)
+    assert abs(evidence.estimate - 3.0) / 3.0 < 0.1, evidence.estimate

@@ -52,7 +52,9 @@ class CursorLost(SourceError):
 # -- evaluating (pure) ------------------------------------------------------------------------------
 
 def evaluate_rates(gate: Comparison, previous: Evidence | None, totals: RateTotals, alpha: float, gates: int,
-                   now: datetime) -> tuple[Check, Evidence]:
+                   now: datetime, step: int = 0) -> tuple[Check, Evidence]:
+    """`step` names the current step: within one, the canary's share of requests is measured over
+    the whole step so far, never over one short interval (see RatioEvidence.update)."""
     assert gate.rates is not None
     tolerance = gate.rates.max_ratio
     state = dict(previous.state) if previous is not None else {}
@@ -65,10 +67,14 @@ def evaluate_rates(gate: Comparison, previous: Evidence | None, totals: RateTota
                         canary_total=max(0.0, current[1] - last[1]),
                         primary_bad=max(0, round(current[2]) - round(last[2])),
                         primary_total=max(0.0, current[3] - last[3]))
-    evidence.update(increments)
+    in_step = state.get("stepRequests") if state.get("step") == step else None
+    in_step = [a + b for a, b in zip(in_step or [0.0, 0.0], (increments.canary_total, increments.primary_total))]
+    share = in_step[0] / sum(in_step) if sum(in_step) > 0 else None
+    evidence.update(increments, share)
     # A counter that went backwards (a reset increase() missed, a Prometheus restart) is not
     # counted twice: the next increment starts from the higher reading.
-    state = {"ratio": evidence.to_dict(), "totals": [max(a, b) for a, b in zip(current, last)]}
+    state = {"ratio": evidence.to_dict(), "totals": [max(a, b) for a, b in zip(current, last)], "step": step,
+             "stepRequests": [round(v, 3) for v in in_step]}
     limit = threshold(alpha, gates)
     low, high = evidence.interval(alpha)
     needed = evidence.needed_requests(math.log(limit))
@@ -243,7 +249,8 @@ def _score(value) -> float | None:
 
 def run_comparisons(gates: list[Comparison], previous: list[Evidence], alpha: float, variables: QueryVariables,
                     prometheus: PrometheusClientCache, default_prometheus: str, session: requests.Session,
-                    release: str, rollout_started_at: datetime, now: datetime) -> tuple[list[Check], list[Evidence]]:
+                    release: str, rollout_started_at: datetime, now: datetime,
+                    step: int = 0) -> tuple[list[Check], list[Evidence]]:
     """One analysis run of every comparison gate: a Check each, and the evidence to keep."""
     by_name = {e.name: e for e in previous}
     checks, evidence = [], []
@@ -252,7 +259,7 @@ def run_comparisons(gates: list[Comparison], previous: list[Evidence], alpha: fl
         try:
             if gate.rates is not None:
                 totals = fetch_rate_totals(gate, variables, prometheus, default_prometheus, rollout_started_at, now)
-                check, kept = evaluate_rates(gate, before, totals, alpha, len(gates), now)
+                check, kept = evaluate_rates(gate, before, totals, alpha, len(gates), now, step)
             else:
                 cursor = (before.state.get("cursor") if before is not None else None)
                 try:

@@ -53,7 +53,7 @@ def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: 
 
 
 def run_comparison_gates(analysis: Analysis, where: GateTarget, clients: GateClients, previous: list[Evidence],
-                         now: datetime) -> tuple[tuple[Check, ...], tuple[Evidence, ...]]:
+                         now: datetime, step: int = 0) -> tuple[tuple[Check, ...], tuple[Evidence, ...]]:
     """One run of every comparison gate, folding new observations into the rollout's evidence."""
     if not analysis.compare:
         return (), ()
@@ -61,5 +61,5 @@ def run_comparison_gates(analysis: Analysis, where: GateTarget, clients: GateCli
                                interval=prometheus_duration(analysis.interval))
     checks, evidence = run_comparisons(analysis.compare, previous, analysis.alpha, variables, clients.prometheus,
                                        clients.default_prometheus, clients.http,
-                                       f"{where.namespace}/{where.release}", where.rollout_started_at, now)
+                                       f"{where.namespace}/{where.release}", where.rollout_started_at, now, step)
     return tuple(checks), tuple(evidence)

@@ -97,8 +97,14 @@ class RatioEvidence:
     primary_total: float = 0.0
     last_share: float | None = None       # the canary's share of requests in the last interval
 
-    def update(self, counts: Counts) -> None:
-        """Fold in one interval. Counts are rounded: the test is about whole events."""
+    def update(self, counts: Counts, share: float | None = None) -> None:
+        """Fold in one interval. Counts are rounded: the test is about whole events.
+
+        `share`: the canary's share of requests to use for this interval, when the caller knows it
+        better than this interval's own counts do. Counters of the two variants are scraped at
+        different moments, so a short interval's counts can hold more of one variant's time than
+        of the other's; the share over the whole step does not have that skew (and neither does
+        the test, which does not care in which interval of a step an event landed)."""
         canary_bad, primary_bad = max(0, round(counts.canary_bad)), max(0, round(counts.primary_bad))
         canary_total, primary_total = max(0.0, counts.canary_total), max(0.0, counts.primary_total)
         self.canary_bad += canary_bad
@@ -106,9 +112,11 @@ class RatioEvidence:
         self.canary_total += canary_total
         self.primary_total += primary_total
         requests = canary_total + primary_total
-        if requests <= 0:
-            return
-        w = min(max(canary_total / requests, _SHARE_FLOOR), 1 - _SHARE_FLOOR)
+        if share is None:
+            if requests <= 0:
+                return
+            share = canary_total / requests
+        w = min(max(share, _SHARE_FLOOR), 1 - _SHARE_FLOOR)
         self.last_share = w
         bad = canary_bad + primary_bad
         if bad == 0:

@@ -186,7 +186,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
             checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
         if comparisons_due(status) and status.pinned_analysis.compare:
             comparisons, evidence = run_comparison_gates(status.pinned_analysis, where, ctx.gates, status.evidence,
-                                                         now)
+                                                         now, status.step_index)
 
     canary_ok, canary_why = availability(target) if target else (False, "the canary Deployment is missing")
     matches_canary = bool(target) and target_revision == status.revisions.canary

@@ -66,7 +66,9 @@ def test_a_canary_three_times_worse_is_rolled_back_early_with_the_evidence_in_st
     assert max(watcher.canary_weights()) < 50, f"caught only at {watcher.canary_weights()}: {status['evidence']}"
     evidence = evidence_of(status)
     assert evidence["verdict"] == "Regression" and evidence["rollback"] >= evidence["threshold"] == 100
-    assert 1.5 < evidence["estimate"] < 6 and evidence["low"] > 1.5, evidence
+    # The interval is two-sided at the same alpha, the rollback test one-sided: early on the
+    # interval may still reach below the tolerance, never below "as good as the primary".
+    assert 1.5 < evidence["estimate"] < 10 and evidence["low"] > 1.0, evidence
     assert "worse than tolerated" in status["message"] and "x the primary's" in status["message"]
     rolled = wait_until(lambda: [e for e in cluster.events("web") if e.reason == "RolledBack"], 10,
                         "the RolledBack event")

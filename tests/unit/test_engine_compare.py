@@ -91,3 +91,16 @@ def test_the_last_step_is_left_at_the_tick_the_evidence_arrives():
     assert sim.status.step_weight == 50 and sim.status.checks_passed >= 1
     sim.tick(advance=5, comparisons=check(CheckResult.PASSED), evidence=[evidence("WithinTolerance", 150)])
     assert sim.status.step_weight == 100
+
+
+def test_comparisons_stop_at_the_full_step_where_the_primary_serves_nobody():
+    from canarist.engine import comparisons_due
+
+    sim = Sim(spec=compare_spec()).initialized()
+    sim.target = "rev2"
+    for _ in range(30):
+        sim.tick(check(CheckResult.PASSED), comparisons=check(CheckResult.PASSED),
+                 evidence=[evidence("WithinTolerance", 150)])
+        if sim.status.step_weight == 100:
+            break
+    assert sim.status.step_weight == 100 and not comparisons_due(sim.status)

@@ -38,8 +38,11 @@ def analysis_due(status: CanaryReleaseStatus, now: datetime) -> bool:
 
 
 def comparisons_due(status: CanaryReleaseStatus) -> bool:
-    """Comparison gates run on every tick of a step: their evidence may be read at any time."""
-    return status.phase == Phase.PROGRESSING and status.step_weight > 0 and status.pinned_analysis is not None
+    """Comparison gates run on every tick of a step: their evidence may be read at any time. Not at
+    a 100 % step: the primary serves nobody there, so there is nothing to compare (the decision to
+    get there was the promotion)."""
+    return (status.phase == Phase.PROGRESSING and 0 < status.step_weight < 100
+            and status.pinned_analysis is not None)
 
 
 def decide(spec: CanaryReleaseSpec, status: CanaryReleaseStatus, world: World, now: datetime,

@@ -73,7 +73,9 @@ class _Finalizer:
 
     def run(self) -> str:
         target, primary = self.workloads.read_target(), self.workloads.read_primary()
-        if primary is not None and not self._owned(primary):
+        # A primary this release already let go of (an earlier attempt that failed further on)
+        # is still the one it kept: the retry must take the same path, never hand back instead.
+        if primary is not None and not (self._owned(primary) or Workloads.orphaned(primary["metadata"])):
             primary = None  # not ours: never handed over, never kept
         if target is None:
             self._route(None)

@@ -122,17 +122,23 @@ class RouteWatcher:
         self._stop.set()
         assert self._thread is not None
         self._thread.join(5)
+        # The test may have seen the last change itself just before leaving the block, ahead of the
+        # polling thread: one more read so the record ends where the route ended.
+        self._record()
 
     def _run(self) -> None:
         deadline = time.monotonic() + 900  # bounded even if a test forgets to stop it
         while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                weights = self.cluster.route_weights(self.name)
-            except Exception:
-                weights = None
-            if weights is not None and (not self.changes or self.changes[-1][1] != weights):
-                self.changes.append((time.time(), weights))
+            self._record()
             self._stop.wait(0.05)
+
+    def _record(self) -> None:
+        try:
+            weights = self.cluster.route_weights(self.name)
+        except Exception:
+            weights = None
+        if weights is not None and (not self.changes or self.changes[-1][1] != weights):
+            self.changes.append((time.time(), weights))
 
     def canary_weights(self) -> list[int]:
         return [w[1] for _, w in self.changes]

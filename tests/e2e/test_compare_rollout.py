@@ -53,17 +53,23 @@ def evidence_of(status: dict, name: str = "errors") -> dict:
     return next(e for e in status.get("evidence", []) if e["name"] == name)
 
 
-def test_a_canary_three_times_worse_is_rolled_back_early_with_the_evidence_in_status(cluster, operator, apps,
-                                                                                     traffic_60):
+def release_worse(cluster, apps, ratio: float, gate: dict, checks_per_step: int) -> tuple[dict, list[int]]:
+    """Roll out a canary with `ratio` times the primary's error rate; its final status and the route's weights."""
     apps["primary"].configure(error_rate=BASELINE)
-    apps["canary"].configure(error_rate=3 * BASELINE)
-    # 30 s a step: at this traffic the evidence typically suffices within the 5 % step.
-    release_with(cluster, [errors_gate(1.5)], checksPerStep=15)
+    apps["canary"].configure(error_rate=ratio * BASELINE)
+    release_with(cluster, [gate], checksPerStep=checks_per_step)
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2")
         status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 240)
     assert status["phase"] == "RolledBack", status["message"]
-    assert max(watcher.canary_weights()) < 50, f"caught only at {watcher.canary_weights()}: {status['evidence']}"
+    return status, watcher.canary_weights()
+
+
+def test_a_canary_three_times_worse_is_rolled_back_early_with_the_evidence_in_status(cluster, operator, apps,
+                                                                                     traffic_60):
+    # 30 s a step: at this traffic the evidence typically suffices within the 5 % step.
+    status, weights = release_worse(cluster, apps, 3, errors_gate(1.5), checks_per_step=15)
+    assert max(weights) < 50, f"caught only at {weights}: {status['evidence']}"
     evidence = evidence_of(status)
     assert evidence["verdict"] == "Regression" and evidence["rollback"] >= evidence["threshold"] == 100
     # The interval is two-sided at the same alpha, the rollback test one-sided: early on the
@@ -73,6 +79,19 @@ def test_a_canary_three_times_worse_is_rolled_back_early_with_the_evidence_in_st
     rolled = wait_until(lambda: [e for e in cluster.events("web") if e.reason == "RolledBack"], 10,
                         "the RolledBack event")
     assert len(rolled) == 1 and "Regression" in rolled[0].message
+
+
+def test_the_step_guard_keeps_a_bad_canary_at_a_small_share_until_its_rollback(cluster, operator, apps,
+                                                                                traffic_60):
+    # 4 s a step: on time alone a canary at 2x would reach 50 % long before the evidence against a
+    # tolerance of 1.5x is in (about a minute at 20 %); the guard at 1.8x keeps it at 20 % until then.
+    gate = errors_gate(1.5)
+    gate["rates"]["stepMaxRatio"] = 1.8
+    status, weights = release_worse(cluster, apps, 2, gate, checks_per_step=2)
+    assert max(weights) == 20, weights
+    evidence = evidence_of(status)
+    assert evidence["stepMaxRatio"] == 1.8 and evidence["stepEvidence"] < evidence["stepThreshold"] == 5, evidence
+    assert evidence["verdict"] == "Regression" and evidence["estimate"] > 1.5, evidence
 
 
 @pytest.mark.parametrize("ratio,tolerance", [(1.0, 1.5), (1.2, 2.0)], ids=["as-good", "slightly-worse"])
@@ -138,7 +157,9 @@ def test_a_canary_whose_answers_lose_is_rolled_back_on_quality_with_equal_error_
     ({"alpha": 0, "compare": [errors_gate(1.5)]}, "alpha", "0"),
     ({"compare": [{"name": "e", "rates": {"bad": "sum(x)", "total": "sum(y)", "maxRatio": 2}}]},
      "compare[0]", "{{ variant }}"),
-], ids=["ratio-1", "loss-half", "alpha-high", "alpha-zero", "no-variant"])
+    ({"compare": [{"name": "e", "rates": {"bad": BAD, "total": TOTAL, "maxRatio": 2, "stepMaxRatio": 1.5}}]},
+     "stepMaxRatio", "above maxRatio"),
+], ids=["ratio-1", "loss-half", "alpha-high", "alpha-zero", "no-variant", "guard-below-tolerance"])
 def test_bad_comparison_input_is_rejected_at_apply_naming_the_field(cluster, analysis, field, words):
     body = canary_release("bad", "web")
     body["spec"]["analysis"] = analysis

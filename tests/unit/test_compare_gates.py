@@ -74,3 +74,59 @@ def test_counters_scraped_at_different_moments_do_not_skew_the_ratio():
         totals[3] += scrapes[1] * requests[1]
         _, evidence = evaluate_rates(RATES, evidence, RateTotals(*totals), 0.01, 1, NOW, step=1)
     assert abs(evidence.estimate - 3.0) / 3.0 < 0.1, evidence.estimate
+
+
+def test_the_step_guard_is_reported_with_what_it_waits_for():
+    """Evidence that the canary is below stepMaxRatio (default 5/3 of maxRatio): high for an equal
+    canary, none for a bad one, whose status says how many more requests the guard would need."""
+    _, good = evaluate_rates(RATES, None, RateTotals(50, 5000, 500, 50000), 0.01, 1, NOW)
+    assert good.step_max_ratio == 2.5 and good.step_threshold == 5
+    assert good.step_evidence is not None and good.step_evidence >= 5
+    _, early = evaluate_rates(RATES, None, RateTotals(3, 300, 30, 3000), 0.01, 1, NOW)
+    assert early.step_evidence is not None and early.step_evidence < 5
+    assert "before the next step may widen" in early.needs
+    guarded = Comparison.model_validate({"name": "errors", "rates": {"bad": "b{{ variant }}", "total": "t{{ variant }}",
+                                                                     "maxRatio": 1.5, "stepMaxRatio": 4}})
+    _, loose = evaluate_rates(guarded, None, RateTotals(3, 300, 30, 3000), 0.01, 1, NOW)
+    assert loose.step_max_ratio == 4 and loose.step_evidence > early.step_evidence
+
+
+def test_a_step_guard_not_above_the_tolerance_is_refused_naming_both_fields():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        Comparison.model_validate({"name": "errors", "rates": {"bad": "b{{ variant }}", "total": "t{{ variant }}",
+                                                               "maxRatio": 2, "stepMaxRatio": 1.5}})
+    assert "stepMaxRatio (1.5) must be above maxRatio (2)" in str(raised.value)
+
+
+def test_every_provider_feeds_the_statistics_through_one_seam(monkeypatch):
+    """A gate's provider returns an observation; its shape picks the statistics, and a provider
+    that cannot answer gives an error check that keeps the evidence as it was."""
+    import requests
+
+    from canarist.analysis import sources
+    from canarist.analysis.compare import run_comparisons
+    from canarist.analysis.prometheus import PrometheusClientCache
+    from canarist.analysis.sources import SourceContext, SourceError
+    from canarist.analysis.templating import QueryVariables
+
+    class Counters:
+        def __init__(self) -> None:
+            self.answers: list[RateTotals | Exception] = [RateTotals(30, 1000, 10, 1000), SourceError("down")]
+
+        def observe(self, gate, context, state):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setitem(sources.SOURCES, "rates", Counters())
+    context = SourceContext(variables=QueryVariables(namespace="ns", target="web", interval="1m"),
+                            prometheus=PrometheusClientCache(), default_prometheus="http://unused",
+                            http=requests.Session(), release="ns/web", rollout_started_at=NOW, now=NOW)
+    checks, evidence = run_comparisons([RATES], [], 0.01, context)
+    assert checks[0].result == CheckResult.PASSED and evidence[0].canary_events == 1000
+    checks, kept = run_comparisons([RATES], evidence, 0.01, context)
+    assert checks[0].result == CheckResult.ERROR and "down" in checks[0].message and kept == evidence

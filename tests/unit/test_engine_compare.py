@@ -15,9 +15,11 @@ def compare_spec(**extra):
     return make_spec(metrics=[], compare=COMPARE, **extra)
 
 
-def evidence(verdict: str, promote: float = 1.0) -> Evidence:
+def evidence(verdict: str, promote: float = 1.0, step: float = 25.0) -> Evidence:
+    """`step`: the step guard's evidence (a step after the first widens at 10)."""
     return Evidence(name="errors", kind="rates", measure="ratio", tolerance=1.5, threshold=100, verdict=verdict,
-                    promote=promote, needs="about 1,200 more canary requests at this weight")
+                    promote=promote, needs="about 1,200 more canary requests at this weight",
+                    step_max_ratio=2.5, step_evidence=step, step_threshold=10)
 
 
 def check(result: CheckResult) -> tuple[Check, ...]:
@@ -104,3 +106,35 @@ def test_comparisons_stop_at_the_full_step_where_the_primary_serves_nobody():
         if sim.status.step_weight == 100:
             break
     assert sim.status.step_weight == 100 and not comparisons_due(sim.status)
+
+
+def test_a_step_after_the_first_widens_only_once_the_step_guard_holds():
+    sim = Sim(spec=compare_spec()).initialized()
+    sim.target = "rev2"
+    for _ in range(12):
+        sim.tick(check(CheckResult.PASSED), evidence=[evidence("Undecided", step=3.0)])
+    assert sim.status.step_weight == 5, "the first step is not guarded; the second holds"
+    assert "below 2.5x the primary's" in sim.status.message and "evidence 3 of 10" in sim.status.message
+    sim.tick(evidence=[evidence("Undecided", step=12.0)], comparisons=check(CheckResult.PASSED))
+    assert sim.status.step_weight == 20, "a step whose checks have passed moves on the tick the evidence arrives"
+
+
+def test_a_regression_during_a_guarded_hold_rolls_back():
+    sim = Sim(spec=compare_spec()).initialized()
+    sim.target = "rev2"
+    for _ in range(8):
+        sim.tick(check(CheckResult.PASSED), evidence=[evidence("Undecided", step=1.0)])
+    assert sim.status.step_weight == 5
+    sim.tick(comparisons=check(CheckResult.FAILED), evidence=[evidence("Regression", step=0.01)])
+    assert sim.status.phase == Phase.ROLLED_BACK and sim.route == (100, 0)
+
+
+def test_judge_gates_alone_do_not_guard_steps():
+    gates = [{"name": "quality", "judge": {"url": "http://judge:8080", "maxLossShare": 0.6}}]
+    sim = Sim(spec=make_spec(metrics=[], compare=gates)).initialized()
+    sim.target = "rev2"
+    quality = Evidence(name="quality", kind="judge", measure="lossShare", tolerance=0.6, threshold=100,
+                       verdict="Undecided")
+    for _ in range(20):
+        sim.tick(check(CheckResult.PASSED), evidence=[quality])
+    assert sim.status.step_weight == 50

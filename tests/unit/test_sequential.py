@@ -98,11 +98,13 @@ def test_the_interval_covers_the_true_ratio_and_the_estimate_is_close():
 
 
 def test_evidence_survives_a_round_trip_through_status():
-    evidence = RatioEvidence(1.2)
+    evidence = RatioEvidence(1.2, guard=2.0)
     evidence.update(Counts(3, 100, 10, 900))
-    again = RatioEvidence.from_dict(evidence.to_dict(), 1.2)
+    again = RatioEvidence.from_dict(evidence.to_dict(), 1.2, 2.0)
     assert abs(again.log_rollback() - evidence.log_rollback()) < 1e-5 and again.canary_bad == 3
-    assert RatioEvidence.from_dict(evidence.to_dict(), 1.5).canary_bad == 0, "another tolerance starts over"
+    assert abs(again.log_guard() - evidence.log_guard()) < 1e-5
+    assert RatioEvidence.from_dict(evidence.to_dict(), 1.5, 2.0).canary_bad == 0, "another tolerance starts over"
+    assert RatioEvidence.from_dict(evidence.to_dict(), 1.2, 3.0).canary_bad == 0, "another guard starts over"
     assert len(RATIO_GRID) == len(evidence.to_dict()["logLik"])
 
 
@@ -135,3 +137,21 @@ def test_mean_evidence_lets_an_equal_canary_promote():
         evidence.update((rng.uniform(0.6, 1.0) - rng.uniform(0.6, 1.0) + 1) / 2)
     assert evidence.log_promote() >= math.log(threshold(ALPHA, 1))
     assert evidence.log_rollback() < 0
+
+
+def test_the_step_guard_lets_an_equal_canary_widen_and_holds_a_bad_one():
+    """At a 5 % share and 2,000 requests a minute, a canary as good as the primary shows it is below
+    2.5x within minutes; one at 3x almost never does, so it stays at 5 % until its rollback."""
+    rng = random.Random(5)
+    limit = math.log(10)
+    widened = {1.0: 0, 3.0: 0}
+    for ratio in widened:
+        for _ in range(200):
+            evidence = RatioEvidence(1.5, guard=2.5)
+            base = rng.uniform(0.005, 0.02)
+            for _ in range(10):  # ten one-minute intervals at 5 %
+                canary, primary = poisson(rng, 100), poisson(rng, 1900)
+                evidence.update(Counts(poisson(rng, canary * base * ratio), canary, poisson(rng, primary * base),
+                                       primary))
+            widened[ratio] += evidence.log_guard() >= limit
+    assert widened[1.0] >= 150 and widened[3.0] <= 10, widened

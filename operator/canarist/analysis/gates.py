@@ -15,6 +15,7 @@ from canarist.api.status import Check, Evidence
 from .compare import run_comparisons
 from .judge import check_judge
 from .prometheus import PrometheusClientCache, check_metric, check_samples
+from .sources import SourceContext
 from .templating import QueryVariables
 
 
@@ -59,7 +60,9 @@ def run_comparison_gates(analysis: Analysis, where: GateTarget, clients: GateCli
         return (), ()
     variables = QueryVariables(namespace=where.namespace, target=where.target,
                                interval=prometheus_duration(analysis.interval))
-    checks, evidence = run_comparisons(analysis.compare, previous, analysis.alpha, variables, clients.prometheus,
-                                       clients.default_prometheus, clients.http,
-                                       f"{where.namespace}/{where.release}", where.rollout_started_at, now, step)
+    context = SourceContext(variables=variables, prometheus=clients.prometheus,
+                            default_prometheus=clients.default_prometheus, http=clients.http,
+                            release=f"{where.namespace}/{where.release}",
+                            rollout_started_at=where.rollout_started_at, now=now)
+    checks, evidence = run_comparisons(analysis.compare, previous, analysis.alpha, context, step)
     return tuple(checks), tuple(evidence)

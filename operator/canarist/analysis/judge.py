@@ -15,6 +15,8 @@ from canarist.api.durations import parse_duration
 from canarist.api.spec import JudgeGate
 from canarist.api.status import Check, CheckResult
 
+from .judge_http import get_json
+
 
 class VerdictError(Exception):
     pass
@@ -47,19 +49,9 @@ class Verdict:
 
 def fetch_verdict(session: requests.Session, gate: JudgeGate, release: str, variant: str, since: datetime,
                   until: datetime) -> Verdict:
-    try:
-        response = session.get(f"{gate.url.rstrip('/')}/v1/verdict", timeout=parse_duration(gate.timeout).total_seconds(),
-                               params={"release": release, "variant": variant, "since": _rfc3339(since),
-                                       "until": _rfc3339(until)})
-    except requests.RequestException as exc:
-        raise VerdictError(f"judge unreachable at {gate.url}: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        # The body is not copied into status: the URL comes from the spec, the body from anywhere.
-        raise VerdictError(f"judge answered HTTP {response.status_code} {response.reason}")
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise VerdictError("judge answered something that is not JSON") from exc
+    body = get_json(session, gate.url, "/v1/verdict",
+                    {"release": release, "variant": variant, "since": _rfc3339(since), "until": _rfc3339(until)},
+                    parse_duration(gate.timeout).total_seconds(), VerdictError)
     return Verdict.parse(body)
 
 

@@ -13,6 +13,13 @@ G is the number of comparison gates of the rollout (Bonferroni), so the chance o
 rollback over the whole rollout and all gates together stays below alpha, and so does the
 chance of promoting a canary that is worse than a tolerance.
 
+A rates gate keeps a third, the step guard: null "the canary's ratio is at least stepMaxRatio"
+(looser than the tolerance). A step after the first widens the canary's share only once it
+reaches 1/STEP_BETA. It decides no outcome, so it spends none of alpha; it keeps a bad canary at
+a small share, where each of its requests says most about it (at a share w, a bad event tells
+canary from primary by q(rho, w), and the evidence per canary request falls as w grows), until
+the rollback evidence comes in.
+
 Rates of bad events (RatioEvidence). Requests reach the canary and the primary at the same
 time under the same conditions, so whatever drifts (load, time of day, the baseline error rate)
 drifts for both. Given that a bad event happened in an interval where the canary had a share w
@@ -47,11 +54,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-# Rate ratios the evidence is kept for: 0.02x to 50x, 12 points per factor of e (about 8.7 % apart).
+from canarist.api.compare import STEP_GUARD_CONFIDENCE
+
+# Rate ratios the evidence is kept for: 0.01x to 400x, 12 points per factor of e (about 8.7 % apart).
 _RATIO_STEPS_PER_E = 12
 RATIO_GRID: tuple[float, ...] = tuple(math.exp(i / _RATIO_STEPS_PER_E)
-                                      for i in range(round(math.log(0.02) * _RATIO_STEPS_PER_E),
-                                                     round(math.log(50) * _RATIO_STEPS_PER_E) + 1))
+                                      for i in range(round(math.log(0.01) * _RATIO_STEPS_PER_E),
+                                                     round(math.log(400) * _RATIO_STEPS_PER_E) + 1))
+# The alternatives each mixture weighs, as a span from its boundary: toward rollback, ratios from
+# the tolerance up to 4x it; toward promotion, from half of it up to it; for the step guard, from a
+# quarter of stepMaxRatio up to it. Effects beyond a span still count (the likelihood ratio of the
+# span's end keeps growing with them); a narrower mixture spends less of the evidence on
+# alternatives far from where canaries are, which at alpha = 0.01 is about a third of the bad
+# events a decision needs (bench/blast_radius.py).
+ROLLBACK_SPAN = 4.0
+PROMOTE_SPAN = 2.0
+GUARD_SPAN = 4.0
+# The step guard's level: 1/STEP_BETA of evidence that the ratio is below stepMaxRatio.
+STEP_BETA = 1 - STEP_GUARD_CONFIDENCE
 # Bettors' stakes as fractions of the largest bet that cannot lose everything.
 _STAKES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 _SHARE_FLOOR = 1e-9
@@ -89,8 +109,10 @@ class RatioEvidence:
     """Sequential evidence about rho = (canary bad-event rate) / (primary bad-event rate)."""
 
     tolerance: float                      # tau: the canary may have at most tau times the primary's rate
+    guard: float | None = None            # stepMaxRatio: the ratio a step must rule out before widening
     log_lik: list[float] = field(default_factory=lambda: [0.0] * len(RATIO_GRID))
     log_lik_tolerance: float = 0.0
+    log_lik_guard: float = 0.0
     canary_bad: float = 0.0               # totals, for the status and the estimate of what is needed
     canary_total: float = 0.0
     primary_bad: float = 0.0
@@ -128,23 +150,32 @@ class RatioEvidence:
 
         self.log_lik = [total + log_lik(rho) for total, rho in zip(self.log_lik, RATIO_GRID)]
         self.log_lik_tolerance += log_lik(self.tolerance)
+        if self.guard is not None:
+            self.log_lik_guard += log_lik(self.guard)
 
     # -- evidence ----------------------------------------------------------------------------
 
-    def _mixture(self, keep) -> float:
-        """log of the mixture likelihood ratio against the tolerance, uniform over kept ratios."""
-        chosen = [ll for ll, rho in zip(self.log_lik, RATIO_GRID) if keep(rho)]
+    def _mixture(self, low: float, high: float, reference: float) -> float:
+        """log of the mixture likelihood ratio against the boundary whose log-likelihood is
+        `reference`, uniform (in log ratio) over the grid's ratios in [low, high], the boundary excluded."""
+        chosen = [ll for ll, rho in zip(self.log_lik, RATIO_GRID) if low <= rho <= high]
         if not chosen:
             return 0.0
-        return _logsumexp(chosen) - math.log(len(chosen)) - self.log_lik_tolerance
+        return _logsumexp(chosen) - math.log(len(chosen)) - reference
 
     def log_rollback(self) -> float:
         """log e-value against "rho <= tolerance" (alternatives above it)."""
-        return self._mixture(lambda rho: rho > self.tolerance * 1.0001)
+        return self._mixture(self.tolerance * 1.0001, self.tolerance * ROLLBACK_SPAN, self.log_lik_tolerance)
 
     def log_promote(self) -> float:
         """log e-value against "rho >= tolerance" (alternatives below it)."""
-        return self._mixture(lambda rho: rho < self.tolerance / 1.0001)
+        return self._mixture(self.tolerance / PROMOTE_SPAN, self.tolerance / 1.0001, self.log_lik_tolerance)
+
+    def log_guard(self) -> float | None:
+        """log e-value against "rho >= stepMaxRatio" (alternatives below it); None without a guard."""
+        if self.guard is None:
+            return None
+        return self._mixture(self.guard / GUARD_SPAN, self.guard / 1.0001, self.log_lik_guard)
 
     def estimate(self) -> float | None:
         """The ratio that fits best (maximum likelihood on the grid); None before any bad event."""
@@ -166,17 +197,24 @@ class RatioEvidence:
         high = math.inf if kept[-1] == RATIO_GRID[-1] else kept[-1]
         return low, high
 
-    def needed_requests(self, target_log_e: float) -> float | None:
+    def needed_requests(self, target_log_e: float, guard: bool = False) -> float | None:
         """About how many more canary requests, at the last split and the rates seen so far, until
-        one of the two e-values reaches `target_log_e`; None when it cannot be told yet."""
+        one of the two e-values reaches `target_log_e` (with `guard`: until the step guard's does);
+        None when it cannot be told yet."""
         rho, w = self.estimate(), self.last_share
         requests = self.canary_total + self.primary_total
         bad = self.canary_bad + self.primary_bad
-        if rho is None or w is None or requests <= 0 or bad <= 0:
+        boundary = self.guard if guard else self.tolerance
+        if rho is None or w is None or requests <= 0 or bad <= 0 or boundary is None:
             return None
-        p, p0 = _share(rho, w), _share(self.tolerance, w)
+        p, p0 = _share(rho, w), _share(boundary, w)
         drift = p * math.log(p / p0) + (1 - p) * math.log((1 - p) / (1 - p0))  # per bad event
-        gap = target_log_e - max(self.log_rollback(), self.log_promote())
+        if guard:
+            gap = target_log_e - (self.log_guard() or 0.0)
+            if rho >= boundary:
+                drift = 0.0  # the guard's evidence only grows for a canary below it
+        else:
+            gap = target_log_e - max(self.log_rollback(), self.log_promote())
         if gap <= 0:
             return 0.0
         if drift <= 1e-12:
@@ -185,20 +223,22 @@ class RatioEvidence:
         return gap / drift / bad_per_request * w
 
     def to_dict(self) -> dict:
-        return {"tolerance": self.tolerance, "logLik": [round(v, 6) for v in self.log_lik],
-                "logLikTolerance": round(self.log_lik_tolerance, 6), "canaryBad": self.canary_bad,
-                "canaryTotal": round(self.canary_total, 3), "primaryBad": self.primary_bad,
-                "primaryTotal": round(self.primary_total, 3), "lastShare": self.last_share}
+        return {"tolerance": self.tolerance, "guard": self.guard, "logLik": [round(v, 6) for v in self.log_lik],
+                "logLikTolerance": round(self.log_lik_tolerance, 6), "logLikGuard": round(self.log_lik_guard, 6),
+                "canaryBad": self.canary_bad, "canaryTotal": round(self.canary_total, 3),
+                "primaryBad": self.primary_bad, "primaryTotal": round(self.primary_total, 3),
+                "lastShare": self.last_share}
 
     @classmethod
-    def from_dict(cls, data: dict, tolerance: float) -> "RatioEvidence":
+    def from_dict(cls, data: dict, tolerance: float, guard: float | None = None) -> "RatioEvidence":
         log_lik = data.get("logLik")
-        if not isinstance(log_lik, list) or len(log_lik) != len(RATIO_GRID) or data.get("tolerance") != tolerance:
-            return cls(tolerance)  # another grid or tolerance: this operator cannot reuse it
-        return cls(tolerance, [float(v) for v in log_lik], float(data.get("logLikTolerance", 0.0)),
-                   float(data.get("canaryBad", 0)), float(data.get("canaryTotal", 0)),
-                   float(data.get("primaryBad", 0)), float(data.get("primaryTotal", 0)),
-                   data.get("lastShare"))
+        if (not isinstance(log_lik, list) or len(log_lik) != len(RATIO_GRID) or data.get("tolerance") != tolerance
+                or data.get("guard") != guard):
+            return cls(tolerance, guard)  # another grid, tolerance or guard: this operator cannot reuse it
+        return cls(tolerance, guard, [float(v) for v in log_lik], float(data.get("logLikTolerance", 0.0)),
+                   float(data.get("logLikGuard", 0.0)), float(data.get("canaryBad", 0)),
+                   float(data.get("canaryTotal", 0)), float(data.get("primaryBad", 0)),
+                   float(data.get("primaryTotal", 0)), data.get("lastShare"))
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pydantic import Field, model_validator
 from .base import ApiModel
 
 COMPARE_VARIABLES = ("variant", "window")
+STEP_GUARD_FACTOR = 5 / 3  # stepMaxRatio's default, as a multiple of maxRatio
+STEP_GUARD_CONFIDENCE = 0.8  # the step guard's level (canarist.analysis.sequential.STEP_BETA = 1 - it)
 _VARIANT = re.compile(r"\{\{\s*variant\s*\}\}")
 
 
@@ -41,8 +43,28 @@ class RateComparison(ApiModel):
     max_ratio: float = Field(gt=1, le=100, description=(
         "Tolerance: the canary's rate of bad events may be at most this many times the primary's (e.g. 1.2). "
         "Above 1: a canary exactly as good as the primary must be able to pass."))
+    step_max_ratio: float | None = Field(default=None, gt=1, le=400, description=(
+        "Step guard: a step after the first gives the canary more traffic only once the evidence shows, at "
+        f"{STEP_GUARD_CONFIDENCE:.0%} confidence, that its ratio is below this. It keeps a bad canary at a small "
+        "share while the evidence for its rollback comes in. Above maxRatio; default 5/3 of maxRatio."))
     address: str | None = Field(default=None, pattern=r"^https?://",
                                 description="Prometheus base URL; overrides the operator's default.")
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        _cel("!has(self.stepMaxRatio) || self.stepMaxRatio > self.maxRatio",
+             "stepMaxRatio must be above maxRatio: it is the looser bound a step checks before widening"),
+    ]}}
+
+    @model_validator(mode="after")
+    def _guard_above_tolerance(self) -> "RateComparison":
+        if self.step_max_ratio is not None and self.step_max_ratio <= self.max_ratio:
+            raise ValueError(f"stepMaxRatio ({self.step_max_ratio:g}) must be above maxRatio ({self.max_ratio:g}): "
+                             "it is the looser bound a step checks before widening; raise it or leave it out")
+        return self
+
+    @property
+    def step_guard(self) -> float:
+        return self.step_max_ratio if self.step_max_ratio is not None else round(self.max_ratio * STEP_GUARD_FACTOR, 4)
 
 
 class QualityComparison(ApiModel):

@@ -79,6 +79,12 @@ class Evidence(StatusModel):
     promote: float = Field(default=1.0, description="Evidence that the canary is within the tolerance.")
     threshold: float = Field(description="What either evidence must reach: (number of comparison gates) / alpha.")
     verdict: Literal["Regression", "WithinTolerance", "Undecided"] = "Undecided"
+    step_max_ratio: float | None = Field(default=None, description=(
+        "Rates gates: the step guard's bound (stepMaxRatio)."))
+    step_evidence: float | None = Field(default=None, description=(
+        "Rates gates: evidence that the ratio is below stepMaxRatio; a step after the first widens only once "
+        "it reaches stepThreshold."))
+    step_threshold: float | None = None
     canary_events: float = Field(default=0, description="Canary requests (rates) or judged pairs (judge) so far.")
     needs: str = Field(default="", description="What a decision still waits for, roughly.")
     at: datetime | None = None

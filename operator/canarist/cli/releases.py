@@ -214,6 +214,9 @@ def render_evidence(status: dict) -> list[str]:
         lines.append(f"    {e['name']:<14} {label:<20} {estimate:>9} {interval:>17} {e['tolerance']:>8g}{unit or ' '}"
                      f" {e.get('rollback', 1):>9.3g} {e.get('promote', 1):>9.3g}  {e.get('verdict', '')}"
                      + (f"; {e['needs']}" if e.get("needs") and e.get("verdict") == "Undecided" else ""))
+        if e.get("stepMaxRatio") is not None and e.get("stepEvidence") is not None:
+            lines.append(f"    {'':<14} step guard: below {e['stepMaxRatio']:g}x before more traffic, evidence "
+                         f"{e['stepEvidence']:.3g} of {e.get('stepThreshold', 10):g}")
     return lines
 
 

@@ -10,13 +10,17 @@ Comparison gates (analysis.compare) follow the anytime-valid rule instead: roll 
 the evidence shows, at confidence 1 - alpha, that the canary is worse than a gate's tolerance
 (whatever failureLimit says); leave the last step below 100 % only when it shows, at the same
 confidence, that every gate is within tolerance; otherwise hold, up to holdTimeout (then roll
-back, or pause for a person: onHoldTimeout). Intermediate steps advance as above.
+back, or pause for a person: onHoldTimeout). Intermediate steps advance as above, and a step after
+the first widens the canary's share only once every rates gate's step guard holds (evidence at
+80 % that its ratio is below stepMaxRatio): a bad canary stays at a small share while the evidence
+for its rollback comes in.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from canarist.api.compare import STEP_GUARD_CONFIDENCE
 from canarist.api.durations import parse_duration
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase
@@ -405,12 +409,23 @@ class _Tick:
                 s.message = (f"step {s.step_index + 1}: {s.checks_passed}/{analysis.checks_per_step} "
                              "checks passed")
 
+    def _last_below_full(self) -> bool:
+        s = self.s
+        steps = s.pinned_steps or self.spec.steps
+        return steps[s.step_index] < 100 and (s.step_index + 1 == len(steps) or steps[s.step_index + 1] >= 100)
+
+    def _held_by_evidence(self) -> bool:
+        """Whether the step's evidence keeps it from advancing: the promotion rule on the last step
+        below 100 %, the step guard on the steps between the first and that one."""
+        s = self.s
+        if self._last_below_full():
+            return not self._within_tolerance()
+        return s.step_index > 0 and not self._guard_holds()
+
     def _advance(self) -> None:
         s = self.s
         steps = s.pinned_steps or self.spec.steps
-        last_below_full = steps[s.step_index] < 100 and (s.step_index + 1 == len(steps)
-                                                          or steps[s.step_index + 1] >= 100)
-        if last_below_full and not self._within_tolerance():
+        if self._held_by_evidence():
             return
         if s.step_index + 1 < len(steps):
             self._enter_step(s.step_index + 1)
@@ -433,11 +448,33 @@ class _Tick:
                                          "than tolerated: " + "; ".join(c.describe() for c in regressions))
             return True
         steps = s.pinned_steps or self.spec.steps
-        waiting = (s.checks_passed >= analysis.checks_per_step and steps[s.step_index] < 100
-                   and (s.step_index + 1 == len(steps) or steps[s.step_index + 1] >= 100))
-        if waiting and self._within_tolerance():
+        # A step whose checks have passed and that only waits for evidence moves on the tick the
+        # evidence arrives, not at the next interval.
+        if (s.checks_passed >= analysis.checks_per_step and steps[s.step_index] < 100
+                and (self._last_below_full() or s.step_index > 0) and not self._held_by_evidence()):
             self._advance()
             return True
+        return False
+
+    def _guard_holds(self) -> bool:
+        """A step after the first widens only once every rates gate's evidence shows, at
+        STEP_GUARD_CONFIDENCE, that the canary's ratio is below its stepMaxRatio."""
+        s, analysis = self.s, self.s.pinned_analysis
+        if analysis is None or not any(g.rates is not None for g in analysis.compare):
+            return True
+        by_name = {e.name: e for e in s.evidence}
+        waiting = [(g.name, g.rates.step_guard, by_name.get(g.name)) for g in analysis.compare if g.rates is not None]
+        waiting = [(name, bound, e) for name, bound, e in waiting
+                   if e is None or e.step_evidence is None or e.step_threshold is None
+                   or e.step_evidence < e.step_threshold]
+        if not waiting:
+            return True
+        detail = "; ".join(
+            f"{name}: {e.needs or 'collecting'} (evidence {e.step_evidence or 1:.3g} of {e.step_threshold or 0:.3g})"
+            if e else f"{name}: no evidence yet" for name, bound, e in waiting)
+        bounds = ", ".join(sorted({f"{bound:g}x" for _, bound, _ in waiting}))
+        s.message = (f"step {s.step_index + 1} holds at {s.step_weight}%: more traffic needs evidence at "
+                     f"{STEP_GUARD_CONFIDENCE:.0%} that the canary's rate of bad events is below {bounds} the primary's; {detail}")
         return False
 
     def _within_tolerance(self) -> bool:

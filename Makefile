@@ -13,9 +13,10 @@ help:
 	@echo "make unit   - only the fast unit tests"
 	@echo "make chaos  - only the chaos suite: 32 rollouts with the operator killed at random, components stopped mid-step"
 
-## test: set-up included, then every test; fails if any process of the stack survives.
+## test: set-up included, then every test, in a network namespace of their own (hack/in-netns.sh:
+## simulated pods' processes listen on pod IPs); fails if any process of the stack survives.
 test: deps binaries prometheus
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	hack/in-netns.sh $(PY) -m pytest $(PYTEST_ARGS) tests
 	hack/check-no-leftovers.sh
 
 unit: deps
@@ -23,7 +24,7 @@ unit: deps
 
 ## chaos: only the chaos suite (part of `make test` too); CANARIST_CHAOS_SEED=<seed> replays a run.
 chaos: deps binaries prometheus
-	$(PY) -m pytest -s $(PYTEST_ARGS) tests/e2e/test_chaos.py
+	hack/in-netns.sh $(PY) -m pytest -s $(PYTEST_ARGS) tests/e2e/test_chaos.py
 	hack/check-no-leftovers.sh $${CANARIST_TEST_STACK:-canarist-test}
 
 demo: deps binaries prometheus

@@ -3,7 +3,9 @@
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller run as
 local processes wired together by kwokctl's `binary` runtime, from binaries built by
 hack/build-binaries.sh. kwok makes the simulated nodes Ready and moves scheduled pods to
-Running/Ready, so Deployments reach their ready replica counts without any container runtime.
+Running/Ready, so Deployments reach their ready replica counts without any container runtime;
+pods annotated devstack.canarist.dev/process are left to devstack.podprocs, which backs each with
+a real process on the pod's IP.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ from .binaries import ensure_binaries
 from .procs import pid_alive, stop_process_group, wait_until
 
 K8S_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+PROCESS_ANNOTATION = "devstack.canarist.dev/process"  # a pod the stack backs with a local process
+POD_RANGE_PREFIX = "10.244"  # nodes get 10.244.N.0/24; hack/in-netns.sh makes 10.244.0.0/16 local
+
+
+def node_manifest(name: str, pod_cidr: str) -> dict:
+    """A Node kwok manages (the annotation kwokctl's controller selects) with room for many pods."""
+    capacity = {"cpu": "64", "memory": "256Gi", "pods": "500"}
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                    "kubernetes.io/arch": "amd64", "type": "kwok"}},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+            "status": {"allocatable": capacity, "capacity": capacity}}
 
 
 @dataclass
@@ -83,8 +98,12 @@ class LocalCluster:
                 "disableQPSLimits": True,
             },
         }
+        # Pods whose process the stack runs (devstack.podprocs) get their status from that runner
+        # (IP, readiness from the process), never from kwok.
+        kwok = {"kind": "KwokConfiguration", "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+                "options": {"disregardStatusWithAnnotationSelector": PROCESS_ANNOTATION}}
         path = self.workdir / "kwokctl.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump_all([config, kwok]))
         return path
 
     def start(self) -> "LocalCluster":
@@ -96,8 +115,7 @@ class LocalCluster:
             self._kwokctl("--config", str(config), "create", "cluster", "--kubeconfig", str(self.kubeconfig),
                           "--wait", "3m", "--timeout", "5m", timeout=400)
             # Right after start the apiserver may still refuse writes for a moment on a loaded machine.
-            wait_until(lambda: self._kwokctl("scale", "node", "--replicas", str(self.nodes)), 60,
-                       f"{self.nodes} simulated nodes", interval=2)
+            wait_until(self._create_nodes, 60, f"{self.nodes} simulated nodes", interval=2)
             wait_until(self._nodes_ready, 120, f"{self.nodes} Ready nodes")
         except BaseException:
             self.stop()
@@ -108,6 +126,15 @@ class LocalCluster:
         assert self.bin_dir is not None, "cluster not started"
         return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
                               input=input, capture_output=True, text=True, check=check, timeout=120)
+
+    def _create_nodes(self) -> bool:
+        """The simulated nodes, made here rather than by `kwokctl scale node` so that each has its own
+        pod range, 10.244.N.0/24: kwok gives pods addresses from their node's podCIDR, and in the
+        stack's network namespace that range is bindable (hack/in-netns.sh), so a pod's process can
+        listen on the pod's IP."""
+        nodes = [node_manifest(f"kwok-node-{i}", f"{POD_RANGE_PREFIX}.{i}.0/24") for i in range(self.nodes)]
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+        return True
 
     def _nodes_ready(self) -> bool:
         out = self.kubectl("get", "nodes", "-o",

@@ -219,8 +219,8 @@ class DemoServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow in-flight request must not block shutdown
 
     def __init__(self, port: int, *, name: str, variant: str, revision: str, deployment: str,
-                 behaviour: Behaviour, reporter: JudgeReporter | None = None) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
+                 behaviour: Behaviour, reporter: JudgeReporter | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__((host, port), _Handler)
         self.name, self.variant, self.revision, self.deployment = name, variant, revision, deployment
         self.behaviour = behaviour
         self.metrics = Metrics(deployment, variant, revision)
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="primary")
     parser.add_argument("--revision", default="v1")
     parser.add_argument("--deployment", help="`deployment` label; default <name>-primary or <name>, by variant")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (a pod's IP, for a pod's process)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", type=Path, help="where to write the port bound")
     parser.add_argument("--error-rate", type=float, default=0.0)
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
     server = DemoServer(args.port, name=args.name, variant=args.variant, revision=args.revision,
-                        deployment=deployment, behaviour=behaviour, reporter=reporter)
+                        deployment=deployment, behaviour=behaviour, reporter=reporter, host=args.host)
     if args.parent_pid:
         threading.Thread(target=exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     port = server.server_address[1]
     if args.port_file:
         write_port_file(args.port_file, port)
-    print(f"demoapp {args.name} {args.variant} {args.revision} deployment={deployment} on 127.0.0.1:{port}"
+    print(f"demoapp {args.name} {args.variant} {args.revision} deployment={deployment} on {args.host}:{port}"
           + (f", reporting to {reporter.url} as {args.release}" if reporter else ""), flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

@@ -159,8 +159,8 @@ class PodProcesses:
             process = self._prepare(pod, command, annotations.get(ARGS_ANNOTATION, ""))
             if process is None:
                 return
+            process.launch()  # before the prober can see it
             self.pods[uid] = process
-        process.launch()
         self._write_status(process, ready=False)
 
     def _prepare(self, pod, command: str, args: str) -> PodProcess | None:
@@ -197,7 +197,10 @@ class PodProcesses:
             with self._lock:
                 pods = list(self.pods.values())
             for pod in pods:
-                self._probe_one(pod)
+                try:
+                    self._probe_one(pod)
+                except Exception as exc:  # one pod's trouble must not stop the others' probes
+                    log.warning("probing pod %s/%s: %s", pod.namespace, pod.name, exc)
 
     def _probe_one(self, pod: PodProcess) -> None:
         assert pod.proc is not None

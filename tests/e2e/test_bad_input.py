@@ -70,10 +70,13 @@ def bare_cluster() -> Iterator[LocalCluster]:
     """A second cluster without the Gateway API CRDs, as many real clusters are."""
     name = f"canarist-nogw-{os.getpid()}"
     cluster = LocalCluster(name, default_workdir(name) / "cluster", nodes=1).start()
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "canarist.dev_canaryreleases.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/canaryreleases.canarist.dev", "--timeout=30s")
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "canarist.dev_canaryreleases.yaml"))
+        # Generous: this second cluster starts while the session's stack and its operators load the machine.
+        cluster.kubectl("wait", "--for=condition=Established", "crd/canaryreleases.canarist.dev", "--timeout=120s")
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def test_missing_gateway_api_crds_are_reported_with_the_fix(bare_cluster, tmp_path):

@@ -330,9 +330,19 @@ def test_unknown_fields_in_status_never_break_a_tick(cluster, operator, lenient_
     setup_idle(cluster)
     start_rollout_holding_at_first_step(cluster)
     # A newer operator pinned a field this one does not know; the tick must go on.
-    release = cluster.release("web")
-    release["status"]["pinnedAnalysis"]["sequential"] = {"alpha": 0.01}
-    cluster.custom.replace_namespaced_custom_object_status(GROUP, VERSION, cluster.namespace, PLURAL, "web", release)
+    def pin_unknown_field() -> bool:
+        release = cluster.release("web")
+        release["status"]["pinnedAnalysis"]["sequential"] = {"alpha": 0.01}
+        try:
+            cluster.custom.replace_namespaced_custom_object_status(GROUP, VERSION, cluster.namespace, PLURAL, "web",
+                                                                   release)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 409:  # the operator wrote status between our read and write: read again
+                return False
+            raise
+        return True
+
+    wait_until(pin_unknown_field, 30, "the unknown status field written")
     cluster.annotate("web", abort="a1")
     cluster.wait_phase("web", "RolledBack", 30)
 

@@ -27,11 +27,12 @@ chaos: deps binaries prometheus
 	hack/in-netns.sh $(PY) -m pytest -s $(PYTEST_ARGS) tests/e2e/test_chaos.py
 	hack/check-no-leftovers.sh $${CANARIST_TEST_STACK:-canarist-test}
 
+## demo and stack run in a network namespace of their own too; they print how to enter it (nsenter).
 demo: deps binaries prometheus
-	$(PY) -m canarist.devstack.demo
+	hack/in-netns.sh $(PY) -m canarist.devstack.demo
 
 stack: deps binaries prometheus
-	$(PY) -m canarist.devstack up --name canarist-stack
+	hack/in-netns.sh $(PY) -m canarist.devstack up --name canarist-stack
 
 deps: $(VENV)/.installed
 

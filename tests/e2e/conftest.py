@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from canarist.devstack.demoapp import DemoApp
+from canarist.devstack.gateway_traffic import GatewayTraffic
 from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.devstack.traffic import TrafficDriver
@@ -90,3 +91,23 @@ def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp
     with scraped_apps(stack, namespace, tmp_path / "judged", judge_url=judge.url,
                       release=f"{namespace}/web") as running:
         yield running
+
+
+@pytest.fixture
+def hostname(namespace) -> str:
+    """The test's own hostname at the stack's gateway (routes of other tests' namespaces may linger)."""
+    return f"web.{namespace}.test"
+
+
+@pytest.fixture
+def pods(stack):
+    """The stack's runner of pods that are processes (deployment(..., process=True))."""
+    assert stack.pods is not None and stack.gateway is not None, "the stack runs without its data plane"
+    return stack.pods
+
+
+@pytest.fixture
+def gateway_traffic(stack, pods, hostname) -> Iterator[GatewayTraffic]:
+    """40 requests/s through the stack's gateway (Traefik) to the test's hostname, as users send them."""
+    with GatewayTraffic(stack.gateway.url, hostname, rps=40) as driver:
+        yield driver

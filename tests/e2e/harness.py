@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -9,7 +10,11 @@ from dataclasses import dataclass, field
 import kubernetes
 
 from canarist.api.crd import GROUP, PLURAL, VERSION
+from canarist.devstack.cluster import PROCESS_ANNOTATION
+from canarist.devstack.gateway import GATEWAY_NAME, GATEWAY_NAMESPACE
+from canarist.devstack.gateway_traffic import GatewayTraffic
 from canarist.devstack.operator_process import OperatorProcess  # noqa: F401 - re-exported for tests
+from canarist.devstack.podprocs import ARGS_ANNOTATION, PodProcesses
 from canarist.devstack.procs import wait_until
 
 ERROR_RATE = ('sum(rate(http_requests_total{namespace="{{ namespace }}",deployment="{{ canary }}",code=~"5.."}[15s]))'
@@ -17,26 +22,32 @@ ERROR_RATE = ('sum(rate(http_requests_total{namespace="{{ namespace }}",deployme
 REQUESTS = 'sum(increase(http_requests_total{namespace="{{ namespace }}",deployment="{{ canary }}"}[15s]))'
 
 
-def deployment(name: str, image: str, replicas: int = 2) -> dict:
+def deployment(name: str, image: str, replicas: int = 2, *, process: bool = False, args: str = "") -> dict:
+    """A Deployment; with `process`, its pods are the demo application's processes on their pod IPs
+    (the stack's data plane, devstack.podprocs), run with `args`."""
+    template_meta: dict = {"labels": {"app": name}}
+    if process:
+        template_meta["annotations"] = {PROCESS_ANNOTATION: "demoapp", ARGS_ANNOTATION: args}
     return {
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
+            "template": {"metadata": template_meta,
                          "spec": {"containers": [{"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}},
         },
     }
 
 
-def canary_release(name: str, target: str, **analysis) -> dict:
+def canary_release(name: str, target: str, *, hostname: str = "web.example.test", **analysis) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "CanaryRelease", "metadata": {"name": name},
         "spec": {
             "targetRef": {"name": target},
             "service": {"port": 8080},
-            "routing": {"gatewayAPI": {"parentRefs": [{"name": "public", "namespace": "infra"}],
-                                       "hostnames": ["web.example.test"]}},
+            # The stack's own gateway (Traefik): routes attached to it are served.
+            "routing": {"gatewayAPI": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+                                       "hostnames": [hostname]}},
             "analysis": {
                 "interval": "3s",
                 "failureLimit": 1,
@@ -79,9 +90,12 @@ class Cluster:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {
             "metadata": {"annotations": {f"canarist.dev/{k}": v for k, v in annotations.items()}}})
 
-    def set_image(self, deployment_name: str, image: str) -> None:
-        self.apps.patch_namespaced_deployment(deployment_name, self.namespace, {"spec": {"template": {"spec": {
-            "containers": [{"name": "app", "image": image}]}}}})
+    def set_image(self, deployment_name: str, image: str, args: str | None = None) -> None:
+        """A new revision: another image and, for pods that are processes, other arguments."""
+        template: dict = {"spec": {"containers": [{"name": "app", "image": image}]}}
+        if args is not None:
+            template["metadata"] = {"annotations": {ARGS_ANNOTATION: args}}
+        self.apps.patch_namespaced_deployment(deployment_name, self.namespace, {"spec": {"template": template}})
 
     def deployment(self, name: str):
         return self.apps.read_namespaced_deployment(name, self.namespace)
@@ -142,3 +156,40 @@ class RouteWatcher:
 
     def canary_weights(self) -> list[int]:
         return [w[1] for _, w in self.changes]
+
+
+def configure_pods(pods: PodProcesses, namespace: str, deployment_name: str, **change: float) -> int:
+    """Change the behaviour of every running pod process of a Deployment (demoapp's /admin/config:
+    errorRate, latencyMs, wrongRate); returns how many were changed."""
+    import requests
+
+    changed = 0
+    for pod in pods.of_deployment(namespace, deployment_name):
+        requests.post(f"http://{pod.ip}:{pod.port}/admin/config", json=change, timeout=5).raise_for_status()
+        changed += 1
+    return changed
+
+
+def assert_split_follows_route(traffic: GatewayTraffic, changes: list[tuple[float, tuple[int, int]]],
+                               primary: str, canary: str, *, settle: float = 1.5, sigmas: float = 4.0,
+                               min_requests: int = 20) -> list[tuple[int, int, int]]:
+    """Where requests landed, between one route change and the next (after `settle` s for the gateway
+    to apply it), against the route's weights: the canary's count within `sigmas` binomial standard
+    deviations of its weight's share; at 0 % or 100 % not one request on the other side.
+
+    Returns (canary weight, requests, canary's count) per window with at least `min_requests`."""
+    windows = []
+    bounds = [t for t, _ in changes[1:]] + [float("inf")]
+    for (start, (primary_weight, canary_weight)), end in zip(changes, bounds):
+        served = traffic.served(start + settle, end)
+        n, k = served[primary] + served[canary], served[canary]
+        assert n == sum(served.values()), f"answers from elsewhere at weights {primary_weight}/{canary_weight}: {served}"
+        if n < min_requests or primary_weight + canary_weight == 0:
+            continue
+        share = canary_weight / (primary_weight + canary_weight)
+        tolerance = sigmas * math.sqrt(n * share * (1 - share))
+        assert abs(k - n * share) <= tolerance + 1e-9, (
+            f"at canary weight {canary_weight} the canary answered {k} of {n} requests, "
+            f"expected {n * share:.1f} ± {tolerance:.1f}")
+        windows.append((canary_weight, n, k))
+    return windows

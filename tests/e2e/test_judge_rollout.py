@@ -1,4 +1,5 @@
-"""The judge gate end to end: real judge service, scripted LLM server, apps reporting samples."""
+"""The judge gate end to end: real judge service, scripted LLM server, and the app's pods (processes
+on their pod IPs) reporting their answers to requests sent through the stack's gateway."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from canarist.devstack.procs import wait_until
-from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
+from canarist.devstack.gateway_traffic import GatewayTraffic
+from canarist.devstack.traffic import arithmetic_questions
 
 from .harness import canary_release, deployment
 
@@ -17,25 +19,24 @@ STEPS = [20, 50, 100]
 
 
 @pytest.fixture
-def questions_traffic(kube_client, namespace, judged_apps) -> Iterator[TrafficDriver]:
-    driver = TrafficDriver(kube_client, namespace, "web",
-                           {"web-primary": judged_apps["primary"].url, "web-canary": judged_apps["canary"].url},
-                           rps=30, poll_interval=0.2, questions=arithmetic_questions(40))
-    driver.start()
-    yield driver
-    driver.stop()
+def questions_traffic(stack, pods, hostname) -> Iterator[GatewayTraffic]:
+    with GatewayTraffic(stack.gateway.url, hostname, rps=30, questions=arithmetic_questions(40)) as driver:
+        yield driver
 
 
-def start(cluster, judge_url: str, **judge_gate) -> None:
-    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
-    release = canary_release("web", "web", failureLimit=0)
+def start(cluster, judge_url: str, hostname: str, canary_args: str = "", **judge_gate) -> None:
+    """The release, then a new revision whose pods run with `canary_args` (e.g. --wrong-rate 0.8)."""
+    reporting = f"--judge-url {judge_url} --release {cluster.namespace}/web"
+    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1",
+                                                                            process=True, args=reporting))
+    release = canary_release("web", "web", hostname=hostname, failureLimit=0)
     release["spec"]["steps"] = STEPS
     release["spec"]["analysis"]["judge"] = {"url": judge_url, "minScore": 0.8, "maxRegression": 0.1,
                                             "minSamples": 8, "timeout": "2s", **judge_gate}
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
                                                    release)
     cluster.wait_phase("web", "Idle", 60)
-    cluster.set_image("web", "registry.test/web:v2")
+    cluster.set_image("web", "registry.test/web:v2", args=f"{reporting} {canary_args}")
 
 
 def checks_by_name(status: dict) -> dict[str, dict]:
@@ -43,9 +44,8 @@ def checks_by_name(status: dict) -> dict[str, dict]:
 
 
 def test_worse_answers_are_rolled_back_by_the_judge_while_errors_look_perfect(
-        cluster, operator, judge, judged_apps, questions_traffic):
-    judged_apps["canary"].configure(wrong_rate=0.8)
-    start(cluster, judge.url)
+        cluster, operator, judge, hostname, questions_traffic):
+    start(cluster, judge.url, hostname, "--wrong-rate 0.8")
     status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 120)
     assert status["phase"] == "RolledBack", status
     checks = checks_by_name(status)
@@ -59,11 +59,13 @@ def test_worse_answers_are_rolled_back_by_the_judge_while_errors_look_perfect(
     rolled = wait_until(lambda: [e for e in cluster.events("web") if e.reason == "RolledBack"], 10,
                         "the RolledBack event")
     assert "judge-score" in rolled[0].message
-    assert questions_traffic.responses.get("web-canary", {}).get("500", 0) == 0
+    assert questions_traffic.served()["web"] > 0
+    assert questions_traffic.codes()["500"] == 0
 
 
-def test_good_answers_are_promoted_with_judge_values_in_status(cluster, operator, judge, questions_traffic):
-    start(cluster, judge.url, maxLossRate=0.3)
+def test_good_answers_are_promoted_with_judge_values_in_status(cluster, operator, judge, hostname,
+                                                                questions_traffic):
+    start(cluster, judge.url, hostname, maxLossRate=0.3)
     status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 150)
     assert status["phase"] == "Succeeded", status
     checks = checks_by_name(status)
@@ -73,8 +75,9 @@ def test_good_answers_are_promoted_with_judge_values_in_status(cluster, operator
     assert checks["judge-loss-rate"]["result"] == "Passed"
 
 
-def test_with_the_judge_down_the_rollout_holds_and_never_promotes(cluster, operator, judge, questions_traffic):
-    start(cluster, judge.url)
+def test_with_the_judge_down_the_rollout_holds_and_never_promotes(cluster, operator, judge, hostname,
+                                                                  questions_traffic):
+    start(cluster, judge.url, hostname)
     wait_until(lambda: cluster.status("web").get("canaryWeight") == STEPS[0], 60, "the first step")
     judge.stop()
     # Several analysis runs with the judge unreachable, however fast the operator ticks here.

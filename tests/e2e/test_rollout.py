@@ -1,4 +1,5 @@
-"""Rollouts end to end: the operator process, a real cluster, real Prometheus, real traffic."""
+"""Rollouts end to end: the operator process, a real cluster, real Prometheus, and traffic through a
+real gateway (Traefik) to the pods, which are processes on their pod IPs (the stack's data plane)."""
 
 from __future__ import annotations
 
@@ -10,30 +11,35 @@ import pytest
 
 from canarist.devstack.procs import wait_until
 
-from .harness import RouteWatcher, canary_release, deployment
+from .harness import RouteWatcher, assert_split_follows_route, canary_release, configure_pods, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
 STEPS = [1, 5, 20, 50, 100]
 
 
-def setup_release(cluster, **analysis) -> None:
-    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
+def setup_release(cluster, hostname, traffic=None, **analysis) -> None:
+    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1",
+                                                                            process=True))
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
-                                                   canary_release("web", "web", **analysis))
+                                                   canary_release("web", "web", hostname=hostname, **analysis))
     status = cluster.wait_phase("web", "Idle", 60)
     assert status["revisions"]["primary"]
     assert cluster.deployment("web-primary").spec.template.spec.containers[0].image == "registry.test/web:v1"
     wait_until(lambda: cluster.deployment("web").spec.replicas == 0, 20, "the target scaled to zero")
     assert cluster.route_weights("web") == (100, 0)
+    if traffic is not None:
+        # The gateway serves the route canarist wrote: the primary's pods answer.
+        wait_until(lambda: traffic.served(time.time() - 1)["web-primary"] >= 10, 60, "answers from the primary's pods")
 
 
 def step_messages(cluster) -> list[str]:
     return [e.message for e in cluster.events("web") if e.reason == "StepStarted"]
 
 
-def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, traffic):
-    setup_release(cluster)
+def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, hostname, gateway_traffic):
+    setup_release(cluster, hostname, gateway_traffic, checksPerStep=2)
+    serving_since = time.time()
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2")
         status = cluster.wait_phase("web", {"Succeeded", "RolledBack"}, 150)
@@ -58,15 +64,21 @@ def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, 
     # A transition's events go out right after the status write that records it.
     wait_until(lambda: {"RolloutStarted", "Promoted"} <= {e.reason for e in cluster.events("web")}, 10,
                "the rollout's events")
-    assert traffic.sent.get("web-canary", 0) > 0
+    # Where the requests landed, step by step: the route's weights, within binomial tolerance.
+    windows = assert_split_follows_route(gateway_traffic, watcher.changes, "web-primary", "web")
+    print(f"\n(canary weight, requests, on the canary) per step: {windows}")
+    assert {w for w, _, _ in windows} >= {0, 20, 50, 100}, windows
+    # A good revision walks every step and is promoted without one failed request.
+    assert gateway_traffic.failures(serving_since) == [], gateway_traffic.codes(serving_since)
 
 
-def test_error_rate_violation_at_5_percent_rolls_back_in_the_same_tick(cluster, operator, apps, traffic):
-    setup_release(cluster)
+def test_error_rate_violation_at_5_percent_rolls_back_in_the_same_tick(cluster, operator, pods, hostname,
+                                                                      gateway_traffic):
+    setup_release(cluster, hostname, gateway_traffic)
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2-broken")
         wait_until(lambda: cluster.status("web").get("canaryWeight") == 5, 60, "the 5% step")
-        apps["canary"].configure(error_rate=1.0)
+        assert configure_pods(pods, cluster.namespace, "web", errorRate=1.0) == 2
         status = cluster.wait_phase("web", {"RolledBack", "Succeeded"}, 60)
         wait_until(lambda: watcher.changes and watcher.changes[-1][1] == (100, 0), 10, "route back to primary")
     assert status["phase"] == "RolledBack", status
@@ -89,10 +101,13 @@ def test_error_rate_violation_at_5_percent_rolls_back_in_the_same_tick(cluster, 
     assert "error-rate=" in rolled[0].message and "<= 0.05" in rolled[0].message
     assert "error-rate=" in status["message"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["RolledBack"] == "True"
+    # Users saw the broken canary's errors only while it had its share; none once the route was back.
+    assert_split_follows_route(gateway_traffic, watcher.changes, "web-primary", "web")
+    assert gateway_traffic.failures(back_at + 1.5) == []
 
 
-def test_without_traffic_the_step_holds_and_never_promotes(cluster, operator, apps):
-    setup_release(cluster)
+def test_without_traffic_the_step_holds_and_never_promotes(cluster, operator, pods, hostname):
+    setup_release(cluster, hostname)
     cluster.set_image("web", "registry.test/web:v2")
     wait_until(lambda: cluster.status("web").get("canaryWeight") == 1, 60, "the first step")
     # Several analysis runs with no traffic at all, however fast the operator ticks here.
@@ -105,8 +120,9 @@ def test_without_traffic_the_step_holds_and_never_promotes(cluster, operator, ap
     assert cluster.deployment("web-primary").spec.template.spec.containers[0].image == "registry.test/web:v1"
 
 
-def test_operator_killed_mid_step_resumes_without_skipping_or_repeating(cluster, operator, traffic):
-    setup_release(cluster)
+def test_operator_killed_mid_step_resumes_without_skipping_or_repeating(cluster, operator, hostname, gateway_traffic):
+    setup_release(cluster, hostname, gateway_traffic)
+    serving_since = time.time()
     with RouteWatcher(cluster, "web") as watcher:
         cluster.set_image("web", "registry.test/web:v2")
         wait_until(lambda: cluster.status("web").get("canaryWeight") == 20, 90, "the 20% step")
@@ -119,10 +135,14 @@ def test_operator_killed_mid_step_resumes_without_skipping_or_repeating(cluster,
     assert status["phase"] == "Succeeded", (status, operator.log())
     assert watcher.canary_weights() == [0, *STEPS, 0]
     assert step_messages(cluster) == [f"step {i + 1}/{len(STEPS)}: canary weight {w}%" for i, w in enumerate(STEPS)]
+    # With the operator gone the gateway kept serving the route as it was: no request failed.
+    assert gateway_traffic.failures(serving_since) == [], gateway_traffic.codes(serving_since)
+    assert_split_follows_route(gateway_traffic, watcher.changes, "web-primary", "web")
 
 
-def test_manual_abort_then_retry_releases_the_same_revision_again(cluster, operator, traffic):
-    setup_release(cluster)
+def test_manual_abort_then_retry_releases_the_same_revision_again(cluster, operator, hostname, gateway_traffic):
+    setup_release(cluster, hostname, gateway_traffic)
+    serving_since = time.time()
     cluster.set_image("web", "registry.test/web:v2")
     wait_until(lambda: cluster.status("web").get("canaryWeight") == 5, 60, "the 5% step")
     cluster.annotate("web", abort="1")
@@ -139,10 +159,12 @@ def test_manual_abort_then_retry_releases_the_same_revision_again(cluster, opera
     cluster.annotate("web", promote="1")
     status = cluster.wait_phase("web", "Succeeded", 60)
     assert cluster.deployment("web-primary").spec.template.spec.containers[0].image == "registry.test/web:v2"
+    assert gateway_traffic.failures(serving_since) == [], gateway_traffic.codes(serving_since)
 
 
-def test_deleting_the_release_hands_traffic_back_to_the_target(cluster, operator, traffic):
-    setup_release(cluster)
+def test_deleting_the_release_hands_traffic_back_to_the_target(cluster, operator, hostname, gateway_traffic):
+    setup_release(cluster, hostname, gateway_traffic)
+    serving_since = time.time()
     cluster.custom.delete_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace,
                                                    "canaryreleases", "web")
     wait_until(lambda: cluster.deployment("web").status.ready_replicas == 2, 60, "the target back at 2 replicas")
@@ -156,6 +178,11 @@ def test_deleting_the_release_hands_traffic_back_to_the_target(cluster, operator
         return False
 
     wait_until(primary_gone, 60, "the primary to be garbage-collected")
+    # The hand-over, as users saw it: the target's own pods answer, and not one request failed.
+    handed_over = time.time()
+    wait_until(lambda: gateway_traffic.served(handed_over)["web"] >= 20, 30, "answers from the target's pods")
+    assert gateway_traffic.served(handed_over + 1.5)["web-primary"] == 0
+    assert gateway_traffic.failures(serving_since) == [], gateway_traffic.codes(serving_since)
 
     # A new CanaryRelease for the same target adopts the Service the old one handed over.
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 
 import kubernetes
 import pytest
@@ -20,9 +19,9 @@ HOST = "split.test"
 
 
 @pytest.fixture
-def gateway(stack, tmp_path) -> Iterator[LocalGateway]:
-    with LocalGateway(stack.kubeconfig, tmp_path / "gateway") as running:
-        yield running
+def gateway(stack) -> LocalGateway:
+    assert stack.gateway is not None, "the stack runs without its data plane"
+    return stack.gateway
 
 
 def route(parent: dict, weights: dict[str, int]) -> dict:

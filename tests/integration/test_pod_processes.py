@@ -17,12 +17,10 @@ from canarist.devstack.procs import wait_until
 
 
 @pytest.fixture
-def runner(kube_client, stack, tmp_path) -> Iterator[PodProcesses]:
-    assert os.environ.get("CANARIST_NETNS") == "1", (
-        "pods' processes listen on pod IPs, bindable only in the stack's network namespace: run the tests "
-        "through hack/in-netns.sh (make test does)")
-    with PodProcesses(kube_client, tmp_path / "pods") as running:
-        yield running
+def runner(stack) -> PodProcesses:
+    """The stack's own runner (one per cluster: two would both claim the annotated pods)."""
+    assert stack.pods is not None, "the stack runs without its data plane"
+    return stack.pods
 
 
 def deployment(name: str, replicas: int) -> dict:
@@ -85,7 +83,8 @@ def test_a_deployments_pods_are_processes_on_their_ips_and_readiness_is_theirs(k
     apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": 1}})
     wait_until(lambda: len(core.list_namespaced_pod(namespace, label_selector="app=web").items) == 1, 30,
                "one pod left")
-    wait_until(lambda: len(runner.pods) == 1, 10, "one process left")
+    wait_until(lambda: sum(p.namespace == namespace for p in list(runner.pods.values())) == 1, 10,
+               "one process left")
 
 
 def ipaddress_in_range(ip: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from canarist.devstack.demoapp import DemoApp
 from canarist.devstack.procs import free_port, pid_alive, stop_process_group, wait_until
@@ -220,7 +222,7 @@ def test_wrong_rate_changes_at_run_time_and_leaves_errors_as_they_were(app):
     assert sum(got != right for got, right in results) > 25
     assert app.configure(wrong_rate=1.0, error_rate=1.0)["wrongRate"] == 1.0
     assert app.ask("What is 1 + 1?") == (500, {"error": "injected failure", "variant": "canary",
-                                               "revision": "abc123"}), "errors stay errors"
+                                               "revision": "abc123", "deployment": "web"}), "errors stay errors"
     assert app.configure(wrong_rate=0, error_rate=0) == {"errorRate": 0.0, "latencyMs": 0.0}, \
         "wrongRate shown only when set"
     assert all(got == right for got, right in (_truth(app.ask(f"What is {i} * 3?")[1]["answer"])
@@ -295,7 +297,8 @@ def test_a_hanging_or_missing_judge_slows_no_answer(tmp_path, judge):
         for i in range(40):
             started = time.perf_counter()
             assert app.ask(f"What is {i} + 2?") == (200, {"answer": f"{i} + 2 = {i + 2}.", "name": "web",
-                                                         "variant": "canary", "revision": "v1"})
+                                                         "variant": "canary", "revision": "v1",
+                                                         "deployment": "web"})
             assert time.perf_counter() - started < 0.5
     with DemoApp.start("web", "canary", judge_url=f"http://127.0.0.1:{free_port()}", release="shop/web",
                        workdir=tmp_path / "down") as app:
@@ -344,3 +347,22 @@ def test_traffic_questions_reach_primary_and_canary_in_the_same_order(tmp_path, 
         # flight concurrently, so their order of arrival may differ a little, their multiset not.
         assert sorted(got) == sorted((questions * (sent // 10 + 1))[:sent]), variant
     assert all(got == right for got, right in (_truth(s["response"]) for s in judge.samples))
+
+
+def test_on_sigterm_a_draining_pod_fails_its_health_check_but_goes_on_answering_then_exits(tmp_path):
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([sys.executable, "-m", "canarist.devstack.demoapp", "--variant", "canary",
+                             "--port-file", str(port_file), "--drain-seconds", "1.5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 10, "the port file")
+        base = f"http://127.0.0.1:{int(port_file.read_text())}"
+        wait_until(lambda: requests.get(f"{base}/healthz", timeout=1).status_code == 200, 10, "healthy")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: requests.get(f"{base}/healthz", timeout=1).status_code == 503, 5, "draining")
+        answer = requests.get(f"{base}/answer", params={"q": "What is 2 + 2?"}, timeout=1)
+        assert answer.status_code == 200 and answer.json()["answer"] == "2 + 2 = 4."
+        assert proc.wait(10) == 0, "exits once drained"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -8,7 +8,7 @@ import sys
 import time
 
 from .binaries import bin_dir
-from .stack import LocalStack
+from .stack import LocalStack, enter_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting the local stack {args.name!r} (the first run builds the cluster binaries)...", flush=True)
     try:
         stack.start()
+        gateway = stack.gateway.url if stack.gateway else "-"
         print(f"""
-local stack up in {time.monotonic() - started:.1f}s
+local stack up in {time.monotonic() - started:.1f}s, in a network namespace of its own (pods' processes
+listen on their pod IPs there). From another terminal, a shell inside it:
+  {enter_command()}
+then, in that shell:
   Kubernetes : export KUBECONFIG={stack.kubeconfig}
                kubectl get nodes
   kubectl    : {stack.cluster.bin_dir}/kubectl (v{_short(stack)})
-  Prometheus : {stack.prometheus.url}
+  Prometheus : curl '{stack.prometheus.url}/api/v1/query?query=up'
+  Gateway    : curl -H 'Host: <an HTTPRoute hostname>' {gateway}/   (Traefik; GatewayClass traefik,
+               Gateway canarist-gateway/gateway for your routes' parentRefs)
 
 Press Ctrl-C to stop everything.""", flush=True)
         while True:

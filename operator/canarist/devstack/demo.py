@@ -1,9 +1,9 @@
 """`make demo`: two real releases on the embedded local stack, watched in the terminal.
 
-The local stack (kube-apiserver with simulated nodes, Prometheus), the judge service with a
-scripted LLM, canarist installed with Helm and run with the chart's ServiceAccount, stand-in
-processes for the stable and canary versions of an AI service with traffic following the
-HTTPRoute. Release 1 is good and is promoted step by step; release 2 gives worse answers (no
+The local stack (kube-apiserver with simulated nodes, Prometheus, Traefik as the gateway), the
+judge service with a scripted LLM, canarist installed with Helm and run with the chart's
+ServiceAccount, and an AI service whose pods are processes on their pod IPs, answering requests
+sent through the gateway, which splits them by the HTTPRoute canarist writes. Release 1 is good and is promoted step by step; release 2 gives worse answers (no
 errors, no latency change): the judge compares both versions' answers to the same questions and
 the anytime-valid evidence rolls it back. A timeline PNG (weight, metrics, evidence) is written at the end.
 """
@@ -30,17 +30,21 @@ from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.cli.releases import steps_bar
 
 from .chart import install_chart, operator_kubeconfig
-from .demoapp import DemoApp
+from .cluster import PROCESS_ANNOTATION
+from .gateway import GATEWAY_NAME, GATEWAY_NAMESPACE
+from .gateway_traffic import GatewayTraffic
 from .judge_server import JudgeServer
 from .operator_process import OperatorProcess
 from .procs import wait_until
 from .scripted_llm import ScriptedLLM
-from .stack import LocalStack
+from .stack import LocalStack, enter_command
+from .podprocs import ARGS_ANNOTATION
 from .timeline import Timeline
-from .traffic import TrafficDriver, arithmetic_questions
+from .traffic import arithmetic_questions
 
 NAMESPACE = "demo"
 APP = "support-bot"
+HOSTNAME = "bot.demo.test"
 STEPS = [5, 20, 50, 100]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -55,8 +59,8 @@ def canary_release(judge_url: str, interval: str) -> dict:
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "CanaryRelease", "metadata": {"name": APP},
         "spec": {
             "targetRef": {"name": APP}, "service": {"port": 8080},
-            "routing": {"gatewayAPI": {"parentRefs": [{"name": "public-gateway", "namespace": "infra"}],
-                                       "hostnames": ["bot.demo.test"]}},
+            "routing": {"gatewayAPI": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+                                       "hostnames": [HOSTNAME]}},
             "steps": STEPS,
             "analysis": {
                 "interval": interval, "failureLimit": 1,
@@ -75,17 +79,19 @@ def _loss_share(evidence: dict | None) -> float | None:
     return None if evidence is None else evidence.get("estimate")
 
 
-def deployment(image: str) -> dict:
+def deployment(image: str, args: str) -> dict:
+    """The service's Deployment; its pods are the demo application's processes, run with `args`."""
     return {"metadata": {"name": APP}, "spec": {
         "replicas": 3, "selector": {"matchLabels": {"app": APP}},
-        "template": {"metadata": {"labels": {"app": APP}}, "spec": {"containers": [
-            {"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}}}}
+        "template": {"metadata": {"labels": {"app": APP},
+                                  "annotations": {PROCESS_ANNOTATION: "demoapp", ARGS_ANNOTATION: args}},
+                     "spec": {"containers": [{"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}}}}
 
 
 class Demo:
     def __init__(self, stack: LocalStack, judge: JudgeServer, api: kubernetes.client.ApiClient,
-                 apps: dict[str, DemoApp]) -> None:
-        self.stack, self.judge, self.api, self.apps = stack, judge, api, apps
+                 reporting: str) -> None:
+        self.stack, self.judge, self.api, self.reporting = stack, judge, api, reporting
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.apps_api = kubernetes.client.AppsV1Api(api)
         self.timeline = Timeline()
@@ -119,10 +125,11 @@ class Demo:
 
     # -- one release -------------------------------------------------------------------------
 
-    def release(self, image: str, title: str, timeout: float) -> dict:
+    def release(self, image: str, title: str, timeout: float, behaviour: str = "") -> dict:
         say(f"\n=== {title}: kubectl set image deployment/{APP} app={image}")
-        self.apps_api.patch_namespaced_deployment(APP, NAMESPACE, {"spec": {"template": {"spec": {
-            "containers": [{"name": "app", "image": image}]}}}})
+        self.apps_api.patch_namespaced_deployment(APP, NAMESPACE, {"spec": {"template": {
+            "metadata": {"annotations": {ARGS_ANNOTATION: f"{self.reporting} {behaviour}".strip()}},
+            "spec": {"containers": [{"name": "app", "image": image}]}}}})
         self.timeline.mark(self.elapsed(), f"release {image.rsplit(':', 1)[-1]}", "tab:gray", height=88)
         last, seen_rollout, deadline = None, False, time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -151,7 +158,10 @@ def run(output: Path, fast: bool) -> Path:
         say("canarist demo: starting the local stack (kube-apiserver, etcd, scheduler, controller-manager,")
         say("kwok-simulated nodes, Prometheus); the first run builds the cluster binaries from Go modules...")
         stack = cleanup.enter_context(LocalStack("canarist-demo", nodes=2))
-        say(f"  cluster up: export KUBECONFIG={stack.kubeconfig}")
+        say(f"  cluster up, in a network namespace of its own; to look inside from another terminal: "
+            f"{enter_command()}")
+        say(f"    then: export KUBECONFIG={stack.kubeconfig}; kubectl get pods -n {NAMESPACE} -o wide; "
+            f"Prometheus answers at {stack.prometheus.url}")
         llm = cleanup.enter_context(ScriptedLLM.start(workdir=workdir / "llm"))
         judge = JudgeServer.start(workdir / "judge", llm.base_url, sample_rate=1.0)
         cleanup.callback(judge.stop)
@@ -170,42 +180,42 @@ def run(output: Path, fast: bool) -> Path:
 
         api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
         release = f"{NAMESPACE}/{APP}"
-        apps = {variant: DemoApp.start(APP, variant, "v1", judge_url=judge.url, release=release, seed=i,
-                                       workdir=workdir / variant)
-                for i, variant in enumerate(("primary", "canary"))}
-        for app in apps.values():
-            cleanup.callback(app.stop)
-            stack.prometheus.add_target(app.metrics_address, {"namespace": NAMESPACE})
-        kubernetes.client.AppsV1Api(api).create_namespaced_deployment(NAMESPACE, deployment("registry.demo/bot:v1"))
+        reporting = f"--judge-url {judge.url} --release {release}"  # each pod reports its answers to the judge
+        kubernetes.client.AppsV1Api(api).create_namespaced_deployment(
+            NAMESPACE, deployment("registry.demo/bot:v1", reporting))
         custom = kubernetes.client.CustomObjectsApi(api)
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, canary_release(judge.url, interval))
-        demo = Demo(stack, judge, api, apps)
+        demo = Demo(stack, judge, api, reporting)
         wait_until(lambda: demo.status().get("phase") == "Idle", 90, "the CanaryRelease to initialize")
         say(f"  CanaryRelease {release}: primary created, all traffic on it; steps {STEPS}, gates: error rate "
             "<= 2%, and the judge comparing both versions' answers head to head (the canary may lose at most 60 %, "
             "decided with anytime-valid evidence at 99 % confidence)")
-        traffic = TrafficDriver(api, NAMESPACE, APP, {f"{APP}-primary": apps["primary"].url,
-                                                      f"{APP}-canary": apps["canary"].url},
-                                rps=25, poll_interval=0.5, questions=arithmetic_questions(60))
-        traffic.start()
-        cleanup.callback(traffic.stop)
+        assert stack.gateway is not None
+        traffic = cleanup.enter_context(GatewayTraffic(stack.gateway.url, HOSTNAME, rps=25,
+                                                       questions=arithmetic_questions(60)))
         recorder = threading.Thread(target=demo.record, daemon=True)
         recorder.start()
         cleanup.callback(demo._stop.set)
-        say("  traffic: 25 requests/s of arithmetic questions, split by the HTTPRoute's weights")
+        wait_until(lambda: traffic.served()[f"{APP}-primary"] > 0, 60, "the primary's pods answering")
+        say(f"  traffic: 25 requests/s of arithmetic questions to {stack.gateway.url} with Host: {HOSTNAME};")
+        say("  the gateway (Traefik) splits them by the HTTPRoute's weights over the pods of both versions")
 
         first = demo.release("registry.demo/bot:v2", "release 1 (good answers)", 240)
         if first.get("phase") == "Succeeded":
             demo.timeline.mark(demo.elapsed(), "promoted", "tab:green")
-        apps["canary"].configure(wrong_rate=0.6)  # v3 answers 60% of questions wrongly, still 200 OK
-        second = demo.release("registry.demo/bot:v3", "release 2 (answers degrade; HTTP 200, same latency)", 240)
+        # v3 answers 60% of questions wrongly, still 200 OK.
+        second = demo.release("registry.demo/bot:v3", "release 2 (answers degrade; HTTP 200, same latency)", 240,
+                              "--wrong-rate 0.6")
         if second.get("phase") == "RolledBack":
             demo.timeline.mark(demo.elapsed(), "rolled back", "tab:red")
         time.sleep(2)
         demo._stop.set()
         recorder.join(5)
         png = demo.timeline.render(output, "canarist demo: a good release promoted, a worse one rolled back by the judge")
+        codes = traffic.codes()
         say(f"\nrelease 1: {first.get('phase')}; release 2: {second.get('phase')}")
+        say(f"  users' requests through the gateway: {codes['200']} answered, "
+            f"{sum(codes.values()) - codes['200']} failed ({dict(traffic.served())} by Deployment)")
         say(f"  {second.get('message')}")
         failed = _export_count(judge.url, release)
         say(f"  the judge kept {failed} failed answers as eval cases: "

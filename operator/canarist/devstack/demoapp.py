@@ -225,6 +225,7 @@ class DemoServer(ThreadingHTTPServer):
         self.behaviour = behaviour
         self.metrics = Metrics(deployment, variant, revision)
         self.reporter = reporter
+        self.draining = threading.Event()  # set on SIGTERM: /healthz fails, answers go on until shutdown
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -245,7 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/metrics" and method == "GET":
             self._send(200, self.server.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
         elif url.path == "/healthz" and method == "GET":
-            self._send(200, b"ok\n", "text/plain")
+            if self.server.draining.is_set():
+                self._send(503, b"draining\n", "text/plain")
+            else:
+                self._send(200, b"ok\n", "text/plain")
         elif url.path == "/admin/config":
             self._admin(method, body)
         else:
@@ -270,11 +274,12 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         answer, correct = None, None
         if fail:
-            code, payload = 500, {"error": "injected failure", "variant": srv.variant, "revision": srv.revision}
+            code, payload = 500, {"error": "injected failure", "variant": srv.variant, "revision": srv.revision,
+                                  "deployment": srv.deployment}
         else:
             answer, correct = answer_question(question, wrong_by)
             code, payload = 200, {"answer": answer, "name": srv.name, "variant": srv.variant,
-                                  "revision": srv.revision}
+                                  "revision": srv.revision, "deployment": srv.deployment}
         self._json(code, payload)
         srv.metrics.observe(code, time.perf_counter() - started)
         if correct is False:
@@ -323,9 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wrong-rate", type=float, default=0.0,
                         help="share of answers that are plausible but wrong (still 200, same latency)")
     parser.add_argument("--seed", type=int, help="makes the sequence of injected failures reproducible")
-    parser.add_argument("--judge-url", help="report every answer to this canarist judge (needs --release)")
-    parser.add_argument("--release", help="the CanaryRelease the answers belong to, namespace/name")
+    parser.add_argument("--judge-url", default=os.environ.get("CANARIST_JUDGE_URL") or None,
+                        help="report every answer to this canarist judge (needs --release); default $CANARIST_JUDGE_URL")
+    parser.add_argument("--release", default=os.environ.get("CANARIST_RELEASE") or None,
+                        help="the CanaryRelease the answers belong to, namespace/name; default $CANARIST_RELEASE")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (our parent) is gone")
+    parser.add_argument("--drain-seconds", type=float, default=0.0,
+                        help="on SIGTERM, go on answering this long (health failing) before exiting, as a pod "
+                             "does while its endpoint is taken out of the gateways")
     args = parser.parse_args(argv)
 
     if args.parent_pid and os.getppid() != args.parent_pid:
@@ -336,9 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     reporter = None
-    if args.judge_url or args.release:
-        if not (args.judge_url and args.release):
-            parser.error("--judge-url and --release go together")
+    if args.judge_url:
+        if not args.release:
+            parser.error("--judge-url needs --release (or $CANARIST_RELEASE)")
         try:
             reporter = JudgeReporter(args.judge_url, release=args.release, variant=args.variant,
                                      revision=args.revision)
@@ -349,9 +359,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.parent_pid:
         threading.Thread(target=exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 
-    def _terminate(*_) -> None:
+    def _shutdown(drain: float) -> None:
+        if drain > 0:
+            server.draining.set()
+            time.sleep(drain)
+        server.shutdown()
+
+    def _terminate(signum, _frame) -> None:
         # shutdown() blocks until serve_forever returns, so it must not run on the serving thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        drain = args.drain_seconds if signum == signal.SIGTERM and not server.draining.is_set() else 0.0
+        threading.Thread(target=_shutdown, args=(drain,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)

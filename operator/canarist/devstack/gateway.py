@@ -58,8 +58,10 @@ class LocalGateway:
                 "--ping=true", "--ping.entryPoint=ping",
                 "--providers.kubernetesgateway=true",
                 "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false",  # nothing leaves the machine
-                "--log.level=INFO"]
-        log = open(self.workdir / "traefik.log", "ab")  # noqa: SIM115 - the child's for its lifetime
+                "--log.level=INFO", f"--log.filePath={self.workdir / 'traefik.log'}",  # names the stack's dir
+                # Routes take effect as soon as Traefik sees them (its default waits 2 s between updates).
+                "--providers.providersThrottleDuration=100ms"]
+        log = open(self.workdir / "traefik.out", "ab")  # noqa: SIM115 - the child's for its lifetime
         try:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=_die_with_parent,

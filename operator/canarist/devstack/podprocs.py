@@ -20,10 +20,12 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,8 @@ PROCESS_RANGE = ipaddress.ip_network("10.244.128.0/17")
 COMMANDS: dict[str, list[str]] = {"demoapp": [sys.executable, "-m", "canarist.devstack.demoapp"]}
 HOST_IP = "10.255.0.1"  # the namespace's own address (hack/in-netns.sh): every simulated node's
 RESTART_BACKOFF = 1.0   # s before a process that exited is started again
+DRAIN_SECONDS = 2.0     # a demoapp pod answers this long after SIGTERM (a preStop sleep's job in real pods)
+MAX_GRACE = 10.0        # s a terminating pod's process gets before SIGKILL, whatever its spec says
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class PodProcess:
     container: str
     image: str
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    deployment: str = ""
     proc: subprocess.Popen | None = None
     ready: bool | None = None  # as last written to the pod's status
     restarts: int = 0
@@ -65,20 +71,52 @@ class PodProcess:
     def launch(self) -> None:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **self.env})
 
-    def end(self) -> None:
+    def end(self, grace: float = 5.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGCONT)  # a stopped process would not act on SIGTERM
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(5)
+            self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
         except ProcessLookupError:
             pass
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def owner_deployment(pod) -> str:
+    """The Deployment a pod belongs to: its ReplicaSet's name without the pod-template-hash suffix."""
+    labels = pod.metadata.labels or {}
+    template_hash = labels.get("pod-template-hash")
+    for owner in pod.metadata.owner_references or []:
+        if owner.kind == "ReplicaSet" and template_hash and owner.name.endswith(f"-{template_hash}"):
+            return owner.name[: -len(template_hash) - 1]
+    return pod.metadata.name
+
+
+def image_tag(image: str) -> str:
+    """"registry.test/web:v2" -> "v2" (a digest or no tag: "latest")."""
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last and "@" not in last else "latest"
+
+
+def container_env(pod, container, ip: str) -> dict[str, str]:
+    """The container's literal env values and the downward API's usual three, as a kubelet sets them."""
+    env = {item.name: item.value for item in container.env or [] if item.value is not None}
+    env.update(POD_NAME=pod.metadata.name, POD_NAMESPACE=pod.metadata.namespace, POD_IP=ip)
+    return env
 
 
 @dataclass
@@ -88,6 +126,10 @@ class PodProcesses:
     api: kubernetes.client.ApiClient
     log_dir: Path
     probe_interval: float = 0.5
+    # Called with each pod process once it is started, and again once it is gone (e.g. to have
+    # Prometheus scrape it, as a pod monitor would).
+    on_start: Callable[[PodProcess], None] | None = None
+    on_stop: Callable[[PodProcess], None] | None = None
     pods: dict[str, PodProcess] = field(default_factory=dict)  # by pod uid
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -112,7 +154,8 @@ class PodProcesses:
             thread.join(10)
         with self._lock:
             for pod in self.pods.values():
-                pod.end()
+                pod.end(grace=0)  # the stack is going: no one is left to drain for
+                self._notify(self.on_stop, pod)
             self.pods.clear()
 
     def __enter__(self) -> "PodProcesses":
@@ -120,6 +163,11 @@ class PodProcesses:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def of_deployment(self, namespace: str, deployment: str) -> list[PodProcess]:
+        """The running pod processes of one Deployment."""
+        with self._lock:
+            return [p for p in self.pods.values() if (p.namespace, p.deployment) == (namespace, deployment)]
 
     def find(self, namespace: str, name: str) -> PodProcess | None:
         with self._lock:
@@ -148,9 +196,14 @@ class PodProcesses:
             with self._lock:
                 known = self.pods.pop(uid, None)
             if known is not None:
-                known.end()
-                self._used.discard(known.ip)
-            if kind != "DELETED":
+                # As a kubelet: SIGTERM, the grace period to drain (the terminating pod's endpoint is
+                # no longer ready, so gateways stop sending to it meanwhile), then the pod goes.
+                grace = min(float(pod.spec.termination_grace_period_seconds or 30), MAX_GRACE)
+                thread = threading.Thread(target=self._terminate, args=(known, pod if kind != "DELETED" else None,
+                                                                        grace), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+            elif kind != "DELETED":
                 self._remove(pod)
             return
         with self._lock:
@@ -161,7 +214,24 @@ class PodProcesses:
                 return
             process.launch()  # before the prober can see it
             self.pods[uid] = process
+        self._notify(self.on_start, process)
         self._write_status(process, ready=False)
+
+    @staticmethod
+    def _notify(hook: Callable[[PodProcess], None] | None, pod: PodProcess) -> None:
+        if hook is None:
+            return
+        try:
+            hook(pod)
+        except Exception as exc:  # a hook's trouble must not stop the runner
+            log.warning("pod %s/%s hook: %s", pod.namespace, pod.name, exc)
+
+    def _terminate(self, process: PodProcess, pod, grace: float) -> None:
+        process.end(grace)
+        self._used.discard(process.ip)
+        self._notify(self.on_stop, process)
+        if pod is not None:
+            self._remove(pod)
 
     def _prepare(self, pod, command: str, args: str) -> PodProcess | None:
         base = COMMANDS.get(command)
@@ -171,15 +241,26 @@ class PodProcesses:
             return None
         container = pod.spec.containers[0]
         port = next((p.container_port for p in container.ports or []), 8080)
-        ip = (pod.status.pod_ip if pod.status and pod.status.pod_ip else None) or self._allocate()
+        ip = (pod.status.pod_ip if pod.status and pod.status.pod_ip else None) or self._allocate(port)
         self._used.add(ip)
-        argv = [*base, "--host", ip, "--port", str(port), "--parent-pid", str(os.getpid()), *shlex.split(args)]
+        env = container_env(pod, container, ip)
+        # What a pod of the demo application knows about itself, as the real one would from its
+        # environment: canarist sets CANARIST_VARIANT/REVISION on the primary's pods only.
+        deployment = owner_deployment(pod)
+        known = ["--name", deployment, "--deployment", deployment, "--drain-seconds", str(DRAIN_SECONDS),
+                 "--variant", env.get("CANARIST_VARIANT") or "canary",
+                 "--revision", env.get("CANARIST_REVISION") or image_tag(container.image)]
+        argv = [*base, "--host", ip, "--port", str(port), "--parent-pid", str(os.getpid()), *known,
+                *shlex.split(args)]
         return PodProcess(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, ip, port, argv, container.name,
-                          container.image, self.log_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log")
+                          container.image, self.log_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log", env,
+                          deployment)
 
-    def _allocate(self) -> str:
+    def _allocate(self, port: int) -> str:
+        # Another stack in the same network namespace (the demo's, started from a test) takes
+        # addresses from the same range: an address is free only if its port can be bound.
         for address in PROCESS_RANGE.hosts():
-            if str(address) not in self._used:
+            if str(address) not in self._used and _bindable(str(address), port):
                 return str(address)
         raise RuntimeError(f"no free address left in {PROCESS_RANGE}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class LocalPrometheus:
     port: int = 0
     _pid: int | None = field(default=None, init=False)
     _targets: dict[str, dict] = field(default_factory=dict, init=False)
+    _targets_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -104,12 +106,14 @@ class LocalPrometheus:
 
     def add_target(self, address: str, labels: dict[str, str] | None = None) -> None:
         """Scrape `address` (host:port) from now on, with extra `labels` on its series."""
-        self._targets[address] = {"targets": [address], "labels": labels or {}}
-        self._write_targets()
+        with self._targets_lock:  # tests and the stack's pod runner add targets from their own threads
+            self._targets[address] = {"targets": [address], "labels": labels or {}}
+            self._write_targets()
 
     def remove_target(self, address: str) -> None:
-        self._targets.pop(address, None)
-        self._write_targets()
+        with self._targets_lock:
+            self._targets.pop(address, None)
+            self._write_targets()
 
     def _write_targets(self) -> None:
         tmp = self._sd_file.with_suffix(".tmp")

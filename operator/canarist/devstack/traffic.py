@@ -1,8 +1,10 @@
 """Sends traffic to local stand-in processes in the proportions an HTTPRoute declares.
 
-No Gateway data plane runs in the local stack (DESIGN.md §5), so this plays its part: it reads
-the route's weights about once a second, as a gateway controller would watch it, and splits a
-steady request rate between the local processes standing in for the route's Services.
+The older path, kept for the suites that still use stand-ins on 127.0.0.1 instead of pods (the
+comparison-gate e2e tests and the chaos suite; README's "Not done yet"): it reads the route's
+weights about once a second, as a gateway controller would watch it, and splits a steady request
+rate between the local processes standing in for the route's Services. Everything else sends its
+traffic through the stack's real gateway to the pods (devstack.gateway_traffic).
 
 The split is a smooth weighted round-robin rather than random, so it is exact: at weights 1/99
 every 100 requests send exactly 1 to the canary, and a test can assert counts, not odds.
@@ -28,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import kubernetes
 import urllib3
+
+from .background_traffic import BackgroundTraffic
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,7 @@ def _require_loopback(url: str) -> str:
     return url.rstrip("/")
 
 
-class TrafficDriver:
+class TrafficDriver(BackgroundTraffic):
     """Background traffic at `rps` requests/s, split as the HTTPRoute `route_name` says.
 
     `backends` maps a Service name of the route (e.g. "web-primary", "web-canary") to the base URL
@@ -142,8 +146,8 @@ class TrafficDriver:
                  backends: Mapping[str, str], rps: float = 20, *, max_duration: float = 30 * 60,
                  poll_interval: float = 1.0, request_timeout: float = 5.0, max_in_flight: int = 32,
                  path: str = "/answer", questions: Sequence[str] | None = None) -> None:
-        if rps <= 0:
-            raise ValueError(f"rps must be positive, got {rps}")
+        super().__init__(route_name, rps, max_duration=max_duration, request_timeout=request_timeout,
+                         max_in_flight=max_in_flight)
         if isinstance(questions, str):
             raise TypeError("questions is a sequence of strings, not one string")
         self.questions: tuple[str, ...] | None = None if questions is None else tuple(str(q) for q in questions)
@@ -151,8 +155,7 @@ class TrafficDriver:
             raise ValueError("questions must not be empty (pass None for the default 'request n')")
         self.namespace, self.route_name = namespace, route_name
         self.backends = {name: _require_loopback(url) for name, url in backends.items()}
-        self.rps, self.max_duration, self.poll_interval = float(rps), float(max_duration), float(poll_interval)
-        self.request_timeout, self.path = request_timeout, path
+        self.poll_interval, self.path = float(poll_interval), path
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._rr = SmoothWeightedRoundRobin()
         self._lock = threading.Lock()
@@ -161,10 +164,6 @@ class TrafficDriver:
         self._responses: dict[str, Counter[str]] = {}
         self._asked: Counter[str] = Counter()  # per backend: questions sent so far, for the rotation
         self._route_seen = False
-        self._stop = threading.Event()
-        self._in_flight = threading.Semaphore(max_in_flight)
-        self._max_in_flight = max_in_flight
-        self._thread: threading.Thread | None = None
 
     # -- what tests look at ------------------------------------------------------------------
 
@@ -197,31 +196,6 @@ class TrafficDriver:
         """Whether the route existed at the last successful read."""
         with self._lock:
             return self._route_seen
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> "TrafficDriver":
-        if self._thread is not None:
-            raise RuntimeError("a TrafficDriver starts once")
-        self._thread = threading.Thread(target=self._run, name=f"traffic-{self.route_name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop sending and wait for requests in flight (each is bounded by `request_timeout`)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout if timeout is not None else self.request_timeout + 10)
-
-    def __enter__(self) -> "TrafficDriver":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -293,13 +267,6 @@ class TrafficDriver:
                     self._sent[backend] += 1
                     question = self._question(backend, count)
                 pool.submit(self._send, backend, question)
-
-    def _acquire_slot(self) -> bool:
-        # Blocks while max_in_flight requests are outstanding (slow backends), but not past stop().
-        while not self._in_flight.acquire(timeout=0.1):
-            if self._stop.is_set():
-                return False
-        return True
 
     def _question(self, backend: str, count: int) -> str:
         """With the lock held: what request number `count`, going to `backend`, asks."""

@@ -1,0 +1,147 @@
+"""Traffic as users send it: requests to the stack's gateway with the route's hostname, at a steady
+rate. The gateway (Traefik, devstack.gateway) splits them by the HTTPRoute's weights over the
+Services' EndpointSlices; this driver splits nothing itself. Which pod answered is read from the
+answer (the demo application names its Deployment), so a test counts the split where it landed.
+
+Traefik lacks the RequestMirror filter; canarist does not write it yet, so nothing is emulated
+here. Once it does (the shadow phase), the mirror, and only the mirror, belongs in this module.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .background_traffic import BackgroundTraffic
+
+log = logging.getLogger(__name__)
+
+GATEWAY = "gateway"  # what answered when no pod did: the gateway's own 404/502/503
+
+
+@dataclass(frozen=True)
+class Answer:
+    sent: float  # time.time() when the request left
+    done: float
+    served_by: str  # the answering pod's Deployment, or GATEWAY
+    code: str  # "200", "500", ... or "error" (refused, reset, timed out)
+
+
+def _require_loopback(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.hostname != "127.0.0.1" or parts.port is None:
+        raise ValueError(f"traffic goes only to the local gateway at http://127.0.0.1:PORT, not {url!r}")
+    return parts.hostname, parts.port
+
+
+class GatewayTraffic(BackgroundTraffic):
+    """Background requests at `rps` to `gateway_url` with `Host: host`; every answer is recorded.
+
+    `questions`, if given, are asked in rotation as `?q=`; without them request n asks "request n".
+    The driver stops itself after `max_duration` seconds, so a forgotten one cannot run on.
+    """
+
+    def __init__(self, gateway_url: str, host: str, rps: float = 20, *, questions: Sequence[str] | None = None,
+                 path: str = "/answer", max_duration: float = 30 * 60, request_timeout: float = 5.0,
+                 max_in_flight: int = 32) -> None:
+        super().__init__(host, rps, max_duration=max_duration, request_timeout=request_timeout,
+                         max_in_flight=max_in_flight)
+        if isinstance(questions, str):
+            raise TypeError("questions is a sequence of strings, not one string")
+        if questions is not None and not questions:
+            raise ValueError("questions must not be empty (pass None for the default 'request n')")
+        self.address = _require_loopback(gateway_url)
+        self.host, self.path = host, path
+        self.questions = None if questions is None else tuple(str(q) for q in questions)
+        self._lock = threading.Lock()
+        self._answers: list[Answer] = []
+        self._local = threading.local()  # one keep-alive connection per sending thread
+
+    # -- what tests look at ------------------------------------------------------------------
+
+    @property
+    def answers(self) -> list[Answer]:
+        with self._lock:
+            return list(self._answers)
+
+    def served(self, since: float = 0.0, until: float = float("inf")) -> Counter[str]:
+        """Answers per Deployment (or GATEWAY) for requests sent within [since, until)."""
+        return Counter(a.served_by for a in self.answers if since <= a.sent < until)
+
+    def codes(self, since: float = 0.0, until: float = float("inf")) -> Counter[str]:
+        """Answers per status code ("200", "503", "error", ...) for requests sent within [since, until)."""
+        return Counter(a.code for a in self.answers if since <= a.sent < until)
+
+    def failures(self, since: float = 0.0, until: float = float("inf")) -> list[Answer]:
+        """Requests that got no good answer: anything but 200, the gateway's own errors included."""
+        return [a for a in self.answers if since <= a.sent < until and a.code != "200"]
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        """Block until `count` answers have come back (whatever they were)."""
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.answers)} of {count} answers from {self.host} within {timeout}s")
+            time.sleep(0.05)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = 1.0 / self.rps
+        deadline = time.monotonic() + self.max_duration
+        next_send = time.monotonic()
+        count = 0
+        with ThreadPoolExecutor(self._max_in_flight, thread_name_prefix=f"traffic-{self.host}") as pool:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= deadline:
+                    log.warning("traffic to %s stopped after its max duration of %.0fs", self.host, self.max_duration)
+                    break
+                if next_send > now:
+                    self._stop.wait(next_send - now)
+                    continue
+                next_send += interval
+                if now - next_send > 1.0:
+                    next_send = now  # fell far behind (slow answers, full pool): resume, no burst
+                if not self._acquire_slot():
+                    break
+                question = (f"request {count}" if self.questions is None
+                            else self.questions[count % len(self.questions)])
+                count += 1
+                pool.submit(self._send, question)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(*self.address, timeout=self.request_timeout)
+        return conn
+
+    def _send(self, question: str) -> None:
+        sent = time.time()
+        target = f"{self.path}?{urllib.parse.urlencode({'q': question})}"
+        served_by, code = GATEWAY, "error"
+        try:
+            conn = self._connection()
+            try:
+                conn.request("GET", target, headers={"Host": self.host})
+                response = conn.getresponse()
+                body = response.read()
+                code = str(response.status)
+                if response.getheader("Content-Type", "").startswith("application/json"):
+                    served_by = str(json.loads(body).get("deployment") or GATEWAY)
+            except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, reset, timed out, garbled
+                log.debug("request to %s failed: %s", self.host, exc)
+                conn.close()
+                self._local.conn = None
+        finally:
+            self._in_flight.release()
+        with self._lock:
+            self._answers.append(Answer(sent, time.time(), served_by, code))

@@ -16,6 +16,12 @@ SCORES = Comparison.model_validate({"name": "quality", "judge": {"url": "http://
 LOSSES = Comparison.model_validate({"name": "duel", "judge": {"url": "http://judge", "maxLossShare": 0.6}})
 
 
+def from_zero(gate: Comparison, totals: RateTotals, alpha: float = 0.01, gates: int = 1):
+    """Evaluate `totals` as the first counts after the rollout's baseline reading of zeros."""
+    _, baseline = evaluate_rates(gate, None, RateTotals(0, 0, 0, 0), alpha, gates, NOW)
+    return evaluate_rates(gate, baseline, totals, alpha, gates, NOW)
+
+
 def test_cumulative_readings_are_differenced_into_whole_events_without_drift():
     evidence = None
     # increase() extrapolates: readings like 0.4, 1.3, 2.6 are 0, 1, 3 whole events, never 0.4 + 0.9 + 1.3.
@@ -26,7 +32,7 @@ def test_cumulative_readings_are_differenced_into_whole_events_without_drift():
 
 
 def test_a_counter_going_backwards_is_not_counted_twice():
-    _, evidence = evaluate_rates(RATES, None, RateTotals(10, 1000, 10, 1000), 0.01, 1, NOW)
+    _, evidence = from_zero(RATES, RateTotals(10, 1000, 10, 1000))
     _, evidence = evaluate_rates(RATES, evidence, RateTotals(4, 400, 10, 1000), 0.01, 1, NOW)  # a reset
     _, evidence = evaluate_rates(RATES, evidence, RateTotals(12, 1200, 12, 1200), 0.01, 1, NOW)
     assert evidence.state["ratio"]["canaryBad"] == 12
@@ -34,7 +40,7 @@ def test_a_counter_going_backwards_is_not_counted_twice():
 
 
 def test_a_clear_regression_fails_the_check_and_names_the_ratio():
-    check, evidence = evaluate_rates(RATES, None, RateTotals(300, 1000, 100, 1000), 0.01, 2, NOW)
+    check, evidence = from_zero(RATES, RateTotals(300, 1000, 100, 1000), gates=2)
     assert check.result == CheckResult.FAILED and evidence.verdict == "Regression"
     assert evidence.threshold == 200 and evidence.estimate > 2.5 and evidence.low > 1.5
     assert "x the primary's" in check.message
@@ -79,15 +85,15 @@ def test_counters_scraped_at_different_moments_do_not_skew_the_ratio():
 def test_the_step_guard_is_reported_with_what_it_waits_for():
     """Evidence that the canary is below stepMaxRatio (default 5/3 of maxRatio): high for an equal
     canary, none for a bad one, whose status says how many more requests the guard would need."""
-    _, good = evaluate_rates(RATES, None, RateTotals(50, 5000, 500, 50000), 0.01, 1, NOW)
+    _, good = from_zero(RATES, RateTotals(50, 5000, 500, 50000))
     assert good.step_max_ratio == 2.5 and good.step_threshold == 5
     assert good.step_evidence is not None and good.step_evidence >= 5
-    _, early = evaluate_rates(RATES, None, RateTotals(3, 300, 30, 3000), 0.01, 1, NOW)
+    _, early = from_zero(RATES, RateTotals(3, 300, 30, 3000))
     assert early.step_evidence is not None and early.step_evidence < 5
     assert "before the next step may widen" in early.needs
     guarded = Comparison.model_validate({"name": "errors", "rates": {"bad": "b{{ variant }}", "total": "t{{ variant }}",
                                                                      "maxRatio": 1.5, "stepMaxRatio": 4}})
-    _, loose = evaluate_rates(guarded, None, RateTotals(3, 300, 30, 3000), 0.01, 1, NOW)
+    _, loose = from_zero(guarded, RateTotals(3, 300, 30, 3000))
     assert loose.step_max_ratio == 4 and loose.step_evidence > early.step_evidence
 
 
@@ -114,7 +120,8 @@ def test_every_provider_feeds_the_statistics_through_one_seam(monkeypatch):
 
     class Counters:
         def __init__(self) -> None:
-            self.answers: list[RateTotals | Exception] = [RateTotals(30, 1000, 10, 1000), SourceError("down")]
+            self.answers: list[RateTotals | Exception] = [RateTotals(0, 0, 0, 0), RateTotals(30, 1000, 10, 1000),
+                                                          SourceError("down")]
 
         def observe(self, gate, context, state):
             answer = self.answers.pop(0)
@@ -127,6 +134,21 @@ def test_every_provider_feeds_the_statistics_through_one_seam(monkeypatch):
                             prometheus=PrometheusClientCache(), default_prometheus="http://unused",
                             http=requests.Session(), release="ns/web", rollout_started_at=NOW, now=NOW)
     checks, evidence = run_comparisons([RATES], [], 0.01, context)
+    assert checks[0].result == CheckResult.NO_DATA, "the first reading is the baseline"
+    checks, evidence = run_comparisons([RATES], evidence, 0.01, context)
     assert checks[0].result == CheckResult.PASSED and evidence[0].canary_events == 1000
     checks, kept = run_comparisons([RATES], evidence, 0.01, context)
     assert checks[0].result == CheckResult.ERROR and "down" in checks[0].message and kept == evidence
+
+
+def test_the_primarys_requests_before_the_first_step_was_routed_do_not_shrink_the_canarys_share():
+    # The rollout began; while the canary's pods got Ready the primary served everyone: the
+    # counters' window (since the rollout began) holds 20,000 primary requests, 2 % bad, and none of
+    # the canary's.
+    _, evidence = evaluate_rates(RATES, None, RateTotals(0, 0, 400, 20_000), 0.01, 1, NOW)
+    # Then the first step at 5 %, both variants 2 % bad.
+    for i in range(1, 6):
+        _, evidence = evaluate_rates(RATES, evidence, RateTotals(2 * i, 100 * i, 400 + 38 * i, 20_000 + 1_900 * i),
+                                     0.01, 1, NOW)
+    assert 0.7 < evidence.estimate < 1.4, evidence.estimate
+    assert evidence.state["stepRequests"] == [500, 9_500]

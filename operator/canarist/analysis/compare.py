@@ -29,8 +29,14 @@ def evaluate_rates(gate: Comparison, previous: Evidence | None, totals: RateTota
     tolerance, guard = gate.rates.max_ratio, gate.rates.step_guard
     state = dict(previous.state) if previous is not None else {}
     evidence = RatioEvidence.from_dict(state.get("ratio") or {}, tolerance, guard)
-    last = state.get("totals") or [0.0, 0.0, 0.0, 0.0]
     current = [totals.canary_bad, totals.canary_total, totals.primary_bad, totals.primary_total]
+    # The first reading of a rollout is only the baseline. The counters' window opens when the
+    # rollout began, and until the first step's weight was in the route (the canary's pods getting
+    # Ready: seconds to minutes with real pods) the primary served everyone; counted as part of the
+    # step, that time shrinks the canary's measured share and inflates its ratio (a 3x canary read
+    # as 20x in the e2e test through the real gateway, a good one as several times worse).
+    baseline = "totals" not in state
+    last = current if baseline else state["totals"]
     # Whole bad events between two readings of the cumulative counters: rounding the totals (not
     # the increments) keeps increase()'s fractional extrapolation from adding up over many ticks.
     increments = Counts(canary_bad=max(0, round(current[0]) - round(last[0])),
@@ -40,7 +46,8 @@ def evaluate_rates(gate: Comparison, previous: Evidence | None, totals: RateTota
     in_step = state.get("stepRequests") if state.get("step") == step else None
     in_step = [a + b for a, b in zip(in_step or [0.0, 0.0], (increments.canary_total, increments.primary_total))]
     share = in_step[0] / sum(in_step) if sum(in_step) > 0 else None
-    evidence.update(increments, share)
+    if not baseline:
+        evidence.update(increments, share)
     # A counter that went backwards (a reset increase() missed, a Prometheus restart) is not
     # counted twice: the next increment starts from the higher reading.
     state = {"ratio": evidence.to_dict(), "totals": [max(a, b) for a, b in zip(current, last)], "step": step,

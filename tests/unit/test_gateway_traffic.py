@@ -60,3 +60,12 @@ def test_only_a_local_gateway_is_a_target():
         GatewayTraffic("http://example.com:80", "web.test")
     with pytest.raises(ValueError, match="positive"):
         GatewayTraffic("http://127.0.0.1:1", "web.test", rps=0)
+
+
+def test_questions_are_drawn_at_random_so_a_periodic_split_still_gives_both_variants_the_same_inputs(gateway):
+    questions = [f"q{i}" for i in range(6)]
+    with GatewayTraffic(gateway, "web.test", rps=200, questions=questions, seed=3) as traffic:
+        wait_until(lambda: len(traffic.answers) >= 120, 10, "120 answers")
+    asked = [a.question for a in sorted(traffic.answers, key=lambda a: a.sent)]
+    # Every other request (what a 50 % round-robin would give one variant) still asks every question.
+    assert set(asked[0::2]) == set(questions) and set(asked[1::2]) == set(questions)

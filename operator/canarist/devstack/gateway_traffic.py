@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import random
 import threading
 import time
 import urllib.parse
@@ -33,6 +34,7 @@ class Answer:
     done: float
     served_by: str  # the answering pod's Deployment, or GATEWAY
     code: str  # "200", "500", ... or "error" (refused, reset, timed out)
+    question: str = ""
 
 
 def _require_loopback(url: str) -> tuple[str, int]:
@@ -45,13 +47,16 @@ def _require_loopback(url: str) -> tuple[str, int]:
 class GatewayTraffic(BackgroundTraffic):
     """Background requests at `rps` to `gateway_url` with `Host: host`; every answer is recorded.
 
-    `questions`, if given, are asked in rotation as `?q=`; without them request n asks "request n".
+    `questions`, if given, are asked as `?q=`, each request drawing one at random (seeded, so a run
+    replays): not in rotation, because a gateway's weighted round-robin is periodic too, and at 50 %
+    an even rotation would send the primary only even questions and the canary only odd ones, so
+    the judge would never see both answer the same input. Without them request n asks "request n".
     The driver stops itself after `max_duration` seconds, so a forgotten one cannot run on.
     """
 
     def __init__(self, gateway_url: str, host: str, rps: float = 20, *, questions: Sequence[str] | None = None,
                  path: str = "/answer", max_duration: float = 30 * 60, request_timeout: float = 5.0,
-                 max_in_flight: int = 32) -> None:
+                 max_in_flight: int = 32, seed: int = 0) -> None:
         super().__init__(host, rps, max_duration=max_duration, request_timeout=request_timeout,
                          max_in_flight=max_in_flight)
         if isinstance(questions, str):
@@ -61,6 +66,7 @@ class GatewayTraffic(BackgroundTraffic):
         self.address = _require_loopback(gateway_url)
         self.host, self.path = host, path
         self.questions = None if questions is None else tuple(str(q) for q in questions)
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._answers: list[Answer] = []
         self._local = threading.local()  # one keep-alive connection per sending thread
@@ -113,8 +119,7 @@ class GatewayTraffic(BackgroundTraffic):
                     next_send = now  # fell far behind (slow answers, full pool): resume, no burst
                 if not self._acquire_slot():
                     break
-                question = (f"request {count}" if self.questions is None
-                            else self.questions[count % len(self.questions)])
+                question = f"request {count}" if self.questions is None else self._rng.choice(self.questions)
                 count += 1
                 pool.submit(self._send, question)
 
@@ -144,4 +149,4 @@ class GatewayTraffic(BackgroundTraffic):
         finally:
             self._in_flight.release()
         with self._lock:
-            self._answers.append(Answer(sent, time.time(), served_by, code))
+            self._answers.append(Answer(sent, time.time(), served_by, code, question))

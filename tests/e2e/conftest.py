@@ -1,18 +1,16 @@
-"""End-to-end fixtures: the CanaryRelease CRD, the operator process, stand-in apps and traffic."""
+"""End-to-end fixtures: the CanaryRelease CRD, the operator process, the judge, and traffic through
+the stack's gateway to pods that are processes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from canarist.devstack.demoapp import DemoApp
 from canarist.devstack.gateway_traffic import GatewayTraffic
 from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.scripted_llm import ScriptedLLM
-from canarist.devstack.traffic import TrafficDriver
 
 from canarist.devstack.chart import install_chart, operator_kubeconfig, uninstall_chart
 from .harness import Cluster, OperatorProcess
@@ -45,37 +43,6 @@ def operator(stack, namespace, canarist_crd, tmp_path) -> Iterator[OperatorProce
     uninstall_chart(stack, namespace, "canarist")
 
 
-@contextmanager
-def scraped_apps(stack, namespace: str, workdir: Path, **reporting) -> Iterator[dict[str, DemoApp]]:
-    """Local processes standing in for web-primary (stable) and web (canary), scraped by Prometheus.
-    `reporting` (judge_url, release) makes them report their answers to a judge."""
-    apps = {variant: DemoApp.start("web", variant, revision, workdir=workdir / variant, seed=seed, **reporting)
-            for variant, revision, seed in (("primary", "v1", 1), ("canary", "v2", 2))}
-    try:
-        for app in apps.values():
-            stack.prometheus.add_target(app.metrics_address, {"namespace": namespace})
-        yield apps
-    finally:
-        for app in apps.values():
-            stack.prometheus.remove_target(app.metrics_address)
-            app.stop()
-
-
-@pytest.fixture
-def apps(stack, namespace, tmp_path) -> Iterator[dict[str, DemoApp]]:
-    with scraped_apps(stack, namespace, tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def traffic(kube_client, namespace, apps) -> Iterator[TrafficDriver]:
-    driver = TrafficDriver(kube_client, namespace, "web",
-                           {"web-primary": apps["primary"].url, "web-canary": apps["canary"].url}, rps=40, poll_interval=0.2)
-    driver.start()
-    yield driver
-    driver.stop()
-
-
 @pytest.fixture
 def judge(tmp_path) -> Iterator[JudgeServer]:
     """The judge service as a process, scoring with a scripted OpenAI-compatible LLM server."""
@@ -83,14 +50,6 @@ def judge(tmp_path) -> Iterator[JudgeServer]:
         server = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
         yield server
         server.stop()
-
-
-@pytest.fixture
-def judged_apps(stack, namespace, judge, tmp_path) -> Iterator[dict[str, DemoApp]]:
-    """Stand-in apps that report every answer to the judge."""
-    with scraped_apps(stack, namespace, tmp_path / "judged", judge_url=judge.url,
-                      release=f"{namespace}/web") as running:
-        yield running
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ import pytest
 from canarist.devstack.chaos import Figures, OperatorKiller, Recorder, chaos_seed, judge_back
 from canarist.devstack.chart import install_chart, operator_kubeconfig, uninstall_chart
 from canarist.devstack.fleet import AppFleet, FleetApp
+from canarist.devstack.gateway_traffic import GatewayTraffic
 from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.procs import wait_until
 from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
 
-from .conftest import scraped_apps
 from .harness import Cluster, OperatorProcess, canary_release, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -279,9 +279,10 @@ def test_rollouts_are_right_with_the_operator_killed_at_random(stack, kube_clien
 # -- one component out in the middle of a step ------------------------------------------------
 
 
-def start_release(cluster, **analysis) -> None:
-    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
-    body = canary_release("web", "web", **analysis)
+def start_release(cluster, hostname: str, args: str = "", **analysis) -> None:
+    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1",
+                                                                            process=True, args=args))
+    body = canary_release("web", "web", hostname=hostname, **analysis)
     body["spec"]["steps"] = STEPS
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
                                                    body)
@@ -326,10 +327,11 @@ def completes(cluster, operator, recorder: Recorder, pid: int) -> None:
     assert canary_weights(recorder.route_changes("web")) == [0, *STEPS, 0], story
 
 
-def test_prometheus_down_mid_step_holds_then_completes(stack, kube_client, cluster, operator, traffic):
+def test_prometheus_down_mid_step_holds_then_completes(stack, kube_client, cluster, operator, hostname,
+                                                       gateway_traffic):
     pid = operator.proc.pid
     with Recorder(kube_client, cluster.namespace) as recorder:
-        start_release(cluster)
+        start_release(cluster, hostname)
         stack.prometheus.halt()
         try:
             hold_while_out(cluster, "error-rate", "Prometheus error")
@@ -344,18 +346,17 @@ def llm(tmp_path) -> Iterator[ScriptedLLM]:
         yield running
 
 
-def test_judge_down_mid_step_holds_then_completes(stack, cluster, namespace, operator, llm, kube_client, tmp_path):
+def test_judge_down_mid_step_holds_then_completes(stack, cluster, namespace, operator, llm, kube_client, tmp_path,
+                                                  pods, hostname):
     judge = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
     port = judge.port
     try:
-        with (scraped_apps(stack, namespace, tmp_path, judge_url=judge.url, release=f"{namespace}/web") as apps,
-              TrafficDriver(kube_client, namespace, "web", {"web-primary": apps["primary"].url,
-                                                            "web-canary": apps["canary"].url},
-                            rps=30, poll_interval=0.2, questions=arithmetic_questions(40)),
+        with (GatewayTraffic(stack.gateway.url, hostname, rps=30, questions=arithmetic_questions(40)),
               Recorder(kube_client, namespace) as recorder):
             pid = operator.proc.pid
-            start_release(cluster, judge={"url": judge.url, "minScore": 0.8, "maxRegression": 0.1,
-                                          "minSamples": 8, "timeout": "2s"})
+            start_release(cluster, hostname, f"--judge-url {judge.url} --release {namespace}/web",
+                          judge={"url": judge.url, "minScore": 0.8, "maxRegression": 0.1,
+                                 "minSamples": 8, "timeout": "2s"})
             judge.stop()
             try:
                 hold_while_out(cluster, "judge-score", "unreachable")
@@ -366,11 +367,15 @@ def test_judge_down_mid_step_holds_then_completes(stack, cluster, namespace, ope
         judge.stop()
 
 
-def test_apiserver_restarted_mid_rollout_operator_recovers(stack, kube_client, cluster, operator, traffic):
+def test_apiserver_restarted_mid_rollout_operator_recovers(stack, kube_client, cluster, operator, hostname,
+                                                          gateway_traffic):
     pid = operator.proc.pid
     # Polled too: a watch from before the restart cannot be resumed, and a new one sees nothing
     # until the API server's cache is rebuilt, while the operator already reads and writes.
     with Recorder(kube_client, cluster.namespace, poll=0.1) as recorder:
-        start_release(cluster)
+        start_release(cluster, hostname)
+        serving_since = time.time()
         stack.cluster.restart_apiserver(down_for=3)
         completes(cluster, operator, recorder, pid)
+    # The data plane does not need the control plane: users saw nothing of the outage.
+    assert gateway_traffic.failures(serving_since) == [], gateway_traffic.codes(serving_since)

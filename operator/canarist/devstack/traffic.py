@@ -1,7 +1,7 @@
 """Sends traffic to local stand-in processes in the proportions an HTTPRoute declares.
 
-The older path, kept for the suites that still use stand-ins on 127.0.0.1 instead of pods (the
-comparison-gate e2e tests and the chaos suite; README's "Not done yet"): it reads the route's
+The older path, kept for the chaos acceptance run, whose 64 stand-in apps share one process on
+127.0.0.1 (devstack.fleet) instead of being pods (README's "Not done yet"): it reads the route's
 weights about once a second, as a gateway controller would watch it, and splits a steady request
 rate between the local processes standing in for the route's Services. Everything else sends its
 traffic through the stack's real gateway to the pods (devstack.gateway_traffic).

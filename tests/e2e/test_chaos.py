@@ -1,5 +1,7 @@
 """Chaos acceptance: many rollouts at once with the operator SIGKILLed at random moments, and each
-outside component (Prometheus, the judge, kube-apiserver) stopped in the middle of a step.
+outside component (Prometheus, the judge, kube-apiserver) stopped in the middle of a step. Every
+release's pods are processes on their pod IPs and its users' requests go through the stack's
+gateway (Traefik).
 
     make chaos        # or: .venv/bin/python -m pytest -s tests/e2e/test_chaos.py
 
@@ -22,12 +24,11 @@ import pytest
 
 from canarist.devstack.chaos import Figures, OperatorKiller, Recorder, chaos_seed, judge_back
 from canarist.devstack.chart import install_chart, operator_kubeconfig, uninstall_chart
-from canarist.devstack.fleet import AppFleet, FleetApp
 from canarist.devstack.gateway_traffic import GatewayTraffic
 from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.procs import wait_until
 from canarist.devstack.scripted_llm import ScriptedLLM
-from canarist.devstack.traffic import TrafficDriver, arithmetic_questions
+from canarist.devstack.traffic import arithmetic_questions
 
 from .harness import Cluster, OperatorProcess, canary_release, deployment
 
@@ -85,10 +86,13 @@ def running_operator(stack, namespace: str, log: Path, tick_seconds: float) -> I
         uninstall_chart(stack, namespace, "canarist")
 
 
-def release_body(p: Plan, judge_url: str) -> dict:
-    body = canary_release(p.name, p.name)
+def hostname_of(p: Plan, namespace: str) -> str:
+    return f"{p.name}.{namespace}.test"
+
+
+def release_body(p: Plan, judge_url: str, namespace: str) -> dict:
+    body = canary_release(p.name, p.name, hostname=hostname_of(p, namespace))
     body["spec"]["steps"] = STEPS
-    body["spec"]["routing"]["gatewayAPI"]["hostnames"] = [f"{p.name}.example.test"]
     if p.judged:
         body["spec"]["analysis"]["judge"] = {"url": judge_url, "minScore": 0.8, "maxRegression": 0.1,
                                              "minSamples": 8, "timeout": "2s"}
@@ -184,38 +188,32 @@ def test_rollouts_are_right_with_the_operator_killed_at_random(stack, kube_clien
         llm = later.enter_context(ScriptedLLM.start(workdir=tmp_path / "llm"))
         judge = JudgeServer.start(tmp_path / "judge", llm.base_url, sample_rate=1.0)
         later.callback(judge.stop)
-        apps = []
-        for p in plans:
-            reporting = {"judge_url": judge.url, "release": f"{namespace}/{p.name}"} if p.judged else {}
-            apps += [FleetApp(p.name, "primary", "v1", f"{p.name}-primary", seed=1, **reporting),
-                     FleetApp(p.name, "canary", "v2", p.name, seed=2, error_rate=p.error_rate,
-                              wrong_rate=0.8 if p.kind == "answers" else 0.0, **reporting)]
-        # Inside the stack's directory, so the leftover check sees the process too.
-        fleet = AppFleet.start(apps, workdir=Path(stack.workdir) / "chaos" / namespace)
-        later.callback(fleet.stop)
-        for app in apps:
-            stack.prometheus.add_target(fleet.metrics_address(app.deployment), {"namespace": namespace})
-            later.callback(stack.prometheus.remove_target, fleet.metrics_address(app.deployment))
         operator = later.enter_context(running_operator(stack, namespace, tmp_path / "operator.log", tick_seconds=1.0))
 
+        # Every release's pods are processes on their pod IPs; a canary's failures are part of its
+        # revision (its pod template's arguments).
+        reporting = {p.name: f"--judge-url {judge.url} --release {namespace}/{p.name}" if p.judged else ""
+                     for p in plans}
         for p in plans:
-            cluster.apps.create_namespaced_deployment(namespace, deployment(p.name, f"registry.test/{p.name}:v1",
-                                                                            replicas=1))
+            cluster.apps.create_namespaced_deployment(namespace, deployment(
+                p.name, f"registry.test/{p.name}:v1", replicas=1, process=True, args=reporting[p.name]))
             cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", namespace, "canaryreleases",
-                                                           release_body(p, judge.url))
+                                                           release_body(p, judge.url, namespace))
         wait_until(lambda: all(cluster.status(p.name).get("phase") == "Idle" for p in plans), 180,
                    "every release Idle")
-        for p in plans:
-            driver = TrafficDriver(kube_client, namespace, p.name,
-                                   {f"{p.name}-primary": fleet.app_url(f"{p.name}-primary"),
-                                    f"{p.name}-canary": fleet.app_url(p.name)},
-                                   rps=3 if p.judged else 2, poll_interval=1.0,
-                                   questions=arithmetic_questions(40) if p.judged else None)
-            later.callback(driver.stop)
-            driver.start()
+        drivers = {}
+        for i, p in enumerate(plans):
+            drivers[p.name] = GatewayTraffic(stack.gateway.url, hostname_of(p, namespace), rps=3 if p.judged else 2,
+                                             questions=arithmetic_questions(40) if p.judged else None, seed=i)
+            later.callback(drivers[p.name].stop)
+            drivers[p.name].start()
+        wait_until(lambda: all(drivers[p.name].served(time.time() - 2)[f"{p.name}-primary"] for p in plans), 60,
+                   "every release's primary answering through the gateway")
+        serving_since = time.time()
         recorder = later.enter_context(Recorder(kube_client, namespace))
         for p in plans:
-            cluster.set_image(p.name, f"registry.test/{p.name}:v2-{p.kind}")
+            behaviour = {"good": "", "errors": f"--error-rate {p.error_rate}", "answers": "--wrong-rate 0.8"}[p.kind]
+            cluster.set_image(p.name, f"registry.test/{p.name}:v2-{p.kind}", args=f"{reporting[p.name]} {behaviour}")
         # A kill every 3-9 s after the last restart: 5-10 over a run of a minute or two.
         killer = OperatorKiller(operator, random.Random(f"{seed}/kills"), gap=(3.0, 9.0), max_kills=10).start()
         later.callback(killer.stop)
@@ -242,6 +240,13 @@ def test_rollouts_are_right_with_the_operator_killed_at_random(stack, kube_clien
         statuses = {p.name: cluster.status(p.name) for p in plans}
         images = {p.name: cluster.deployment(f"{p.name}-primary").spec.template.spec.containers[0].image
                   for p in plans}
+        for driver in drivers.values():
+            driver.stop()
+        # Users of a good release never notice: not one request failed, operator kills and all.
+        for p in plans:
+            if p.good and (failed := drivers[p.name].failures(serving_since)):
+                problems.append(f"{p.name} (good): {len(failed)} user requests failed: "
+                                f"{dict(drivers[p.name].codes(serving_since))}")
         # Its last lines that say something (each tick's success would fill any tail).
         operator_log = "\n".join([line for line in operator.log_path.read_text(errors="replace").splitlines()
                                   if "Timer 'tick' succeeded" not in line][-40:])

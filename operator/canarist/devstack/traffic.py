@@ -1,10 +1,10 @@
 """Sends traffic to local stand-in processes in the proportions an HTTPRoute declares.
 
-The older path, kept for the chaos acceptance run, whose 64 stand-in apps share one process on
-127.0.0.1 (devstack.fleet) instead of being pods (README's "Not done yet"): it reads the route's
-weights about once a second, as a gateway controller would watch it, and splits a steady request
-rate between the local processes standing in for the route's Services. Everything else sends its
-traffic through the stack's real gateway to the pods (devstack.gateway_traffic).
+The older path, kept for the integration test of the demo application's metrics against stand-in
+processes on 127.0.0.1: it reads the route's weights about once a second, as a gateway controller
+would watch it, and splits a steady request rate between the local processes standing in for the
+route's Services. Every e2e test and the demo send their traffic through the stack's real gateway
+to the pods (devstack.gateway_traffic).
 
 The split is a smooth weighted round-robin rather than random, so it is exact: at weights 1/99
 every 100 requests send exactly 1 to the canary, and a test can assert counts, not odds.

@@ -58,7 +58,7 @@ def test_operator_with_the_chart_identity_is_not_the_admin(stack, namespace, cha
     whoami = kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
     assert whoami.stdout == f"system:serviceaccount:{namespace}:{chart_release}", whoami.stderr
     assert kubectl("get", "canaryreleases", "-n", namespace).returncode == 0
-    denied = kubectl("get", "secrets", "-n", namespace)
+    denied = kubectl("get", "pods", "-n", namespace)
     assert denied.returncode != 0 and "forbidden" in denied.stderr
 
 

@@ -31,6 +31,9 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch"},
     ("apps", "deployments/scale"): {"get", "update", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch"},
+    # Tracked configuration: watched, and the primary's <name>-primary copies written.
+    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("", "secrets"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
@@ -42,10 +45,9 @@ DISCOVERY_RULES_WATCH_NAMESPACES = {**DISCOVERY_RULES_ALL_NAMESPACES, ("", "name
 
 # What the operator must never be able to do, in any namespace it manages.
 FORBIDDEN_IN_WATCHED = [
-    ("get", "secrets", None), ("list", "secrets", None), ("watch", "secrets", None),
     ("delete", "deployments.apps", None), ("deletecollection", "deployments.apps", None),
     ("delete", "services", None), ("create", "canaryreleases.canarist.dev", None),
-    ("delete", "canaryreleases.canarist.dev", None), ("get", "configmaps", None), ("get", "pods", None),
+    ("delete", "canaryreleases.canarist.dev", None), ("get", "pods", None),
     ("create", "pods", None), ("create", "roles.rbac.authorization.k8s.io", None),
     ("create", "rolebindings.rbac.authorization.k8s.io", None), ("create", "serviceaccounts", None),
     ("get", "deployments.apps", "status"),  # no subresource beyond scale
@@ -199,6 +201,13 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     assert not of_kind(docs, "Secret")
 
 
+def test_without_secret_tracking_the_operator_gets_no_access_to_secrets(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "trackSecrets=false", "--set", "judge.enabled=false")
+    rules = rules_of(one(docs, "ClusterRole", "canarist-canarist-system"))
+    assert ("", "secrets") not in rules and rules[("", "configmaps")] == OPERATOR_RULES[("", "configmaps")]
+    assert env_of(container(one(docs, "Deployment", "canarist")))["CANARIST_TRACK_SECRETS"]["value"] == "false"
+
+
 def test_template_watch_namespaces_gives_roles_in_each_and_no_cluster_role(helm_bin, tmp_path):
     docs = render(helm_bin, tmp_path, "--set", "watchNamespaces={a,b}", "--set", "judge.enabled=false")
     c = container(one(docs, "Deployment", "canarist"))
@@ -313,8 +322,10 @@ def assert_cannot_touch(stack, sa: str, namespace: str) -> None:
     assert not allowed, f"{sa} may in {namespace}: {allowed}"
 
 
-def assert_cluster_wide_denied(stack, sa: str) -> None:
-    for verb, kind in [("list", "secrets"), ("create", "namespaces"), ("delete", "namespaces"), ("get", "nodes"),
+def assert_cluster_wide_denied(stack, sa: str, secrets_tracked: bool = False) -> None:
+    """`secrets_tracked`: an operator watching every namespace with trackSecrets lists Secrets
+    cluster-wide (tracked configuration); that is the one read it is granted everywhere."""
+    for verb, kind in [*([] if secrets_tracked else [("list", "secrets")]), ("create", "namespaces"), ("delete", "namespaces"), ("get", "nodes"),
                        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
                        ("update", "customresourcedefinitions.apiextensions.k8s.io"),
                        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -428,7 +439,7 @@ def test_install_watching_all_namespaces_uses_a_cluster_role(stack, namespace, o
         for ns in (namespace, other_namespace):
             assert_operator_can(stack, sa, ns)
             assert_operator_cannot_in(stack, sa, ns)
-        assert_cluster_wide_denied(stack, sa)
+        assert_cluster_wide_denied(stack, sa, secrets_tracked=True)
         # --all-namespaces: kopf does not observe namespaces, so the chart does not grant it.
         assert not can_i(stack, sa, "list", "namespaces", None)
     finally:

@@ -50,6 +50,8 @@ class Sim:
     canary_broken: bool = False  # its pods crash: never Ready even when scaled up
     canary_degraded: bool = False  # some of its pods are not Ready, at least one is
     route_fails: bool = False  # writing the route fails (an API error)
+    template: str | None = None  # the target's pod template hash (default: its revision)
+    config: tuple = ()  # the target's tracked ConfigMaps and Secrets (TrackedConfig)
     history: list[Decision] = field(default_factory=list)
 
     def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10, evidence=None,
@@ -61,6 +63,8 @@ class Sim:
         compare_due = comparisons_due(self.status) and comparisons is not None
         world = World(
             target_revision=self.target, primary_revision=self.primary, primary_ready=self.primary is not None,
+            target_template=self.template or self.target, target_config=tuple(self.config),
+            canary_has_pods=self.canary_up,
             canary_ready=self.canary_up and not self.canary_broken and not self.canary_degraded,
             canary_available=self.canary_up and not self.canary_broken,
             routed_weight=self.route[1] if self.route else None,

@@ -128,6 +128,15 @@ except on the HTTPRoute canarist owns.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, update, patch]
+# Tracked configuration: the ConfigMaps (and, with trackSecrets, Secrets) a target's pod template
+# references are part of its revision. They are watched (only a hash of each is kept in memory; a
+# Secret's content is never logged or written anywhere but into its copy) and read when the
+# primary is written. The primary's copies, <name>-primary, are created and replaced; deleted
+# (uid precondition) only when an optional reference no longer has its object; their
+# ownerReferences dropped when deletion leaves the primary serving, or taken by a new release.
+- apiGroups: [""]
+  resources: [configmaps{{ if .Values.trackSecrets }}, secrets{{ end }}]
+  verbs: [get, list, watch, create, update, patch, delete]
 # Events about a CanaryRelease (canarist.kube.events posts core/v1 Events; kopf posts warnings).
 - apiGroups: [""]
   resources: [events]

@@ -36,9 +36,28 @@ class StatusModel(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class TrackedConfig(StatusModel):
+    """A ConfigMap or Secret the pod template references, as one revision has it."""
+
+    kind: Literal["ConfigMap", "Secret"]
+    name: str
+    hash: str | None = Field(default=None, description=(
+        "Hash of its content (a Secret's is keyed, so it reveals nothing of the value); absent: the "
+        "object does not exist (an optional reference)."))
+
+
 class Revisions(StatusModel):
-    primary: str | None = Field(default=None, description="Pod template hash the primary serves.")
-    canary: str | None = Field(default=None, description="Pod template hash of the rollout in progress or last rolled out.")
+    primary: str | None = Field(default=None, description=(
+        "Revision the primary serves: a hash of the pod template and of the tracked ConfigMaps and Secrets."))
+    canary: str | None = Field(default=None, description="Revision of the rollout in progress or last rolled out.")
+    primary_template: str | None = Field(default=None, description="Pod template hash of the primary's revision.")
+    canary_template: str | None = Field(default=None, description="Pod template hash of the canary's revision.")
+    primary_config: list[TrackedConfig] | None = Field(default=None, description=(
+        "The tracked ConfigMaps and Secrets of the primary's revision (the primary runs on <name>-primary copies)."))
+    canary_config: list[TrackedConfig] | None = Field(default=None, description=(
+        "The tracked ConfigMaps and Secrets of the canary's revision."))
+    changes: list[str] = Field(default_factory=list, description=(
+        "What the canary's revision changes against the primary's: the pod template, tracked objects by name."))
 
 
 class Check(StatusModel):
@@ -136,6 +155,9 @@ class CanaryReleaseStatus(StatusModel):
     last_checks: list[Check] = Field(default_factory=list)
     evidence: list[Evidence] = Field(default_factory=list, description=(
         "The comparison gates' evidence, accumulated over the whole rollout."))
+    restarting_canary: bool = Field(default=False, description=(
+        "The canary's pods are being replaced (scaled to zero and up) because only tracked configuration "
+        "changed mid-rollout, which running pods would not read."))
     awaiting_decision: bool = Field(default=False, description=(
         "holdTimeout passed with onHoldTimeout: Pause; the rollout waits for promote or abort."))
     rolled_back_revision: str | None = None

@@ -151,6 +151,25 @@ def steps_bar(status: dict) -> str:
     return " → ".join(cells)
 
 
+def render_config(revisions: dict) -> list[str]:
+    """The tracked ConfigMaps and Secrets of both revisions (names and content hashes), and what
+    the canary's revision changes: the reason for its rollout."""
+    primary = {(c["kind"], c["name"]): c.get("hash") for c in revisions.get("primaryConfig") or []}
+    canary = {(c["kind"], c["name"]): c.get("hash") for c in revisions.get("canaryConfig") or []}
+    lines = []
+    if revisions.get("changes"):
+        lines.append(f"  changes    {'; '.join(revisions['changes'])}")
+    if primary or canary:
+        lines.append(f"    {'TRACKED':<36} {'PRIMARY':<10} CANARY")
+        for kind, name in sorted(set(primary) | set(canary)):
+            def short(side: dict) -> str:
+                return "-" if (kind, name) not in side else (side[(kind, name)] or "absent")[:8]
+            mark = "  changed" if (kind, name) in primary and (kind, name) in canary \
+                and primary[(kind, name)] != canary[(kind, name)] else ""
+            lines.append(f"    {kind + '/' + name:<36} {short(primary):<10} {short(canary)}{mark}")
+    return lines
+
+
 def render_status(body: dict, events: list, now: datetime) -> str:
     status = body.get("status") or {}
     meta = body["metadata"]
@@ -165,6 +184,7 @@ def render_status(body: dict, events: list, now: datetime) -> str:
         lines.append(f"  steps      {steps_bar(status) or ' → '.join(f'{s}%' for s in steps)}")
     revisions = status.get("revisions") or {}
     lines.append(f"  revisions  primary {revisions.get('primary') or '-'}  canary {revisions.get('canary') or '-'}")
+    lines += render_config(revisions)
     counts = (f"passed {status.get('checksPassed', 0)}, failed {status.get('checksFailed', 0)}"
               f" (limit {((status.get('pinnedAnalysis') or {}).get('failureLimit', '-'))}), "
               f"inconclusive {status.get('checksInconclusive', 0)}, provider errors {status.get('providerErrors', 0)}")

@@ -25,6 +25,7 @@ from canarist.api.durations import parse_duration
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase
 
+from .changes import changes
 from .conditions import set_condition
 from .model import Decision, EnsureApex, EnsurePrimary, EnsureServices, Event, ScaleCanary, SetRoute, World
 from .validation import spec_problems
@@ -167,6 +168,9 @@ class _Tick:
             return
         self.d.actions.append(ScaleCanary(up=False))
         s.revisions.primary = serving
+        if not adopted:
+            s.revisions.primary_template = w.target_template
+            s.revisions.primary_config = list(w.target_config)
         s.phase, s.step_weight = Phase.IDLE, 0
         s.message = f"primary serves revision {_short(serving)}"
         if adopted:
@@ -247,7 +251,12 @@ class _Tick:
             self._event("Resumed", f"rollout resumed at {s.step_weight}%")
 
         if s.step_weight == 0:
-            if w.canary_ready:
+            if s.restarting_canary and not w.canary_has_pods:
+                s.restarting_canary = False
+            if s.restarting_canary:
+                s.message = (f"replacing the canary's pods, which started before the configuration of revision "
+                             f"{_short(s.revisions.canary)} (running pods do not read it again)")
+            elif w.canary_ready:
                 self._enter_step(0)
             else:
                 s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
@@ -283,6 +292,8 @@ class _Tick:
         self._ignore_requests("abort", "promote", "retry")
         if w.primary_ready and w.primary_revision == s.revisions.canary:
             s.revisions.primary = s.revisions.canary
+            s.revisions.primary_template = s.revisions.canary_template
+            s.revisions.primary_config = s.revisions.canary_config
             s.phase, s.step_weight = Phase.SUCCEEDED, 0
             s.message = f"revision {_short(s.revisions.primary)} promoted; the primary serves it"
             self._event("Promoted", s.message)
@@ -293,9 +304,18 @@ class _Tick:
     # -- transitions -------------------------------------------------------------------------
 
     def _start_rollout(self, revision: str) -> None:
-        s = self.s
+        s, w = self.s, self.world
+        # Pods read their ConfigMaps and Secrets when they start (env) or late (volumes): a canary
+        # still running the same pod template would serve the old configuration, so its pods are
+        # replaced. A new pod template gets new pods from the Deployment controller anyway.
+        s.restarting_canary = w.canary_has_pods and (
+            s.revisions.canary_template is None or s.revisions.canary_template == w.target_template)
         s.phase = Phase.PROGRESSING
         s.revisions.canary = revision
+        s.revisions.canary_template = w.target_template
+        s.revisions.canary_config = list(w.target_config)
+        s.revisions.changes = changes(s.revisions.primary_template, w.target_template, s.revisions.primary_config,
+                                      s.revisions.canary_config)
         s.pinned_steps = list(self.spec.steps)
         s.pinned_analysis = self.spec.analysis.model_copy(deep=True)
         s.step_index, s.step_weight = 0, 0
@@ -307,7 +327,8 @@ class _Tick:
         self._reset_counters()
         s.message = f"waiting for the canary (revision {_short(revision)}) to be Ready"
         gates = len(s.pinned_analysis.metrics) + (1 if s.pinned_analysis.min_samples else 0)
-        self._event("RolloutStarted", f"releasing revision {_short(revision)} through steps {s.pinned_steps} "
+        why = f" ({'; '.join(s.revisions.changes)})" if s.revisions.changes else ""
+        self._event("RolloutStarted", f"releasing revision {_short(revision)}{why} through steps {s.pinned_steps} "
                                       f"with {gates} gate(s) every {s.pinned_analysis.interval}")
         self._converge()
 
@@ -525,6 +546,8 @@ class _Tick:
         elif s.phase == Phase.PROMOTING:
             actions += [EnsureServices(), ScaleCanary(up=True), EnsurePrimary(s.revisions.canary),
                         SetRoute(100 - s.step_weight, s.step_weight), EnsureApex()]
+        elif s.restarting_canary and s.step_weight == 0:
+            actions += [EnsureServices(), SetRoute(100, 0), ScaleCanary(up=False), EnsureApex()]
         else:
             actions += [EnsureServices(), ScaleCanary(up=True), SetRoute(100 - s.step_weight, s.step_weight),
                         EnsureApex()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from canarist.api.status import CanaryReleaseStatus, Check, Evidence
+from canarist.api.status import CanaryReleaseStatus, Check, Evidence, TrackedConfig
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,11 @@ class Requests:
 class World:
     """What the handler observed this tick. Nothing here is decided; everything is read."""
 
-    target_revision: str | None          # pod template hash of the user's Deployment; None if it is missing
+    target_revision: str | None          # revision of the user's Deployment (pod template and tracked
+    #                                      configuration); None if it is missing
+    target_template: str | None = None   # its pod template hash alone
+    target_config: tuple[TrackedConfig, ...] = ()  # its tracked ConfigMaps and Secrets
+    canary_has_pods: bool = False        # the target has pods or wants some (spec or status above zero)
     primary_revision: str | None = None  # revision the primary Deployment was last written with
     primary_ready: bool = False
     canary_ready: bool = False           # the target runs its replicas of target_revision, all Ready

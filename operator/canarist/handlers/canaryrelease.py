@@ -19,6 +19,8 @@ from .finalize import Retry, finalize_release
 from .tick import OperatorContext, run_tick
 
 TICK_SECONDS = float(os.environ.get("CANARIST_TICK_SECONDS", "5"))
+# The chart's trackSecrets: without it the operator has no access to Secrets and never watches them.
+TRACK_SECRETS = os.environ.get("CANARIST_TRACK_SECRETS", "true").strip().lower() not in ("false", "0", "no")
 FINALIZER = "canarist.dev/finalizer"
 _context: OperatorContext | None = None
 
@@ -26,7 +28,7 @@ _context: OperatorContext | None = None
 def context() -> OperatorContext:
     global _context
     if _context is None:
-        _context = OperatorContext(api=load_client())
+        _context = OperatorContext(api=load_client(), track_secrets=TRACK_SECRETS)
     return _context
 
 
@@ -52,6 +54,18 @@ def tick(namespace: str, name: str, logger: logging.Logger, **_) -> None:
         run_tick(context(), namespace, name, datetime.now(timezone.utc))
     except Exception as exc:  # noqa: BLE001
         logger.warning("tick failed, retried in %gs: %s: %s", TICK_SECONDS, type(exc).__name__, exc)
+
+
+@kopf.on.event("", "v1", "configmaps")
+def configmap_seen(event: dict, **_) -> None:
+    """Tracked configuration (canarist.kube.configcache): a change is seen by the release's next tick."""
+    context().config.on_event("ConfigMap", event.get("type"), event["object"])
+
+
+if TRACK_SECRETS:
+    @kopf.on.event("", "v1", "secrets")
+    def secret_seen(event: dict, **_) -> None:
+        context().config.on_event("Secret", event.get("type"), event["object"])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

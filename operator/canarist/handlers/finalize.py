@@ -31,7 +31,9 @@ from canarist.kube.events import post_event
 from canarist.kube.workloads import Workloads, canary_service_name, is_ready, primary_name, template_hash
 from canarist.routing.base import RoutingUnavailable
 
-from .tick import OperatorContext, owner_reference, raw_target_name, router_for
+from canarist.kube.configtracking import revision_of_target
+
+from .tick import OperatorContext, owner_reference, raw_target_name, router_for, tracked_config
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +84,12 @@ class _Finalizer:
             self.workloads.restore_apex()
             return f"Deployment {self.target!r} is gone; removed the route, the rest goes with the CanaryRelease"
         primary_revision = Workloads.revision_of(primary)
-        if primary is None or template_hash(target) == primary_revision:
+        # The target's revision with its configuration: handed back, it reads the objects themselves.
+        revision = revision_of_target(template_hash(target), tracked_config(self.ctx, self.namespace, target)[0])
+        if primary is None or revision == primary_revision:
             return self._hand_back(target, primary)
         return self._keep_primary(target, primary, f"Deployment {self.target!r} holds revision "
-                                                   f"{template_hash(target)[:10]}, not the primary's "
+                                                   f"{revision[:10]}, not the primary's "
                                                    f"{(primary_revision or '?')[:10]}")
 
     # -- the two endings ----------------------------------------------------------------------
@@ -113,10 +117,12 @@ class _Finalizer:
         if target["spec"].get("replicas", 1):
             self.workloads.scale_target(0)  # the revision that was not promoted serves nobody
         self.workloads.release_primary()
+        self.workloads.config_copies.release()  # the kept primary runs on them
         self.workloads.release_service(primary_name(self.target))
         self.workloads.release_canary_service()
         self._release_autoscaler(keep=True)
-        left = (f"Deployment {primary_name(self.target)!r}, Services {primary_name(self.target)!r} and "
+        left = (f"Deployment {primary_name(self.target)!r} (with its copies of the ConfigMaps and Secrets it "
+                f"references), Services {primary_name(self.target)!r} and "
                 f"{canary_service_name(self.target)!r} and HTTPRoute {self.target!r} (all traffic on the primary)")
         message = (f"{why}, so deletion left {left} serving the primary's revision and scaled {self.target!r} to "
                    f"zero. To finish: revert Deployment {self.target!r} to the primary's pod template (or re-create "

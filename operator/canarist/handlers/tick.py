@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from canarist.analysis.gates import GateClients, GateTarget, run_comparison_gates, run_gates
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.api.spec import CanaryReleaseSpec
-from canarist.api.status import CanaryReleaseStatus, PendingEvent, Phase
+from canarist.api.status import CanaryReleaseStatus, PendingEvent, Phase, TrackedConfig
 from canarist.engine import (Action, EnsureApex, EnsurePrimary, EnsureServices, Event, Requests, ScaleCanary,
                              SetRoute, World, analysis_due, comparisons_due, decide)
 from canarist.engine.conditions import set_condition
@@ -33,6 +33,9 @@ from canarist.engine.decide import ROLLOUT_PHASES
 from canarist.engine.plan import apply_in_order
 from canarist.kube.events import post_event
 from canarist.kube.autoscaling import AutoscalingProblem
+from canarist.kube.configcache import ConfigCache
+from canarist.kube.configcopies import ForeignCopy
+from canarist.kube.configtracking import TrackedObject, name_problems, references, revision_of_target
 from canarist.kube.rejections import Rejections, describe, is_rejection, retry_after
 from canarist.kube.status import StaleRead, confirm_weight, replace_status
 from canarist.kube.workloads import (WorkloadProblem, Workloads, availability, canary_service_name, is_ready,
@@ -50,6 +53,8 @@ class OperatorContext:
     api: kubernetes.client.ApiClient
     gates: GateClients = field(default_factory=GateClients)
     rejections: Rejections = field(default_factory=Rejections)
+    config: ConfigCache = field(default_factory=ConfigCache)
+    track_secrets: bool = True  # else Secrets are shared by primary and canary, never read
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -145,6 +150,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     router = router_for(ctx, body, spec, spec.target_ref.name)
     problems: list[str] = []
     target = workloads.read_target()
+    tracked: list[TrackedObject] = []
     if target is None:
         problems.append(f"spec.targetRef.name: Deployment {spec.target_ref.name!r} not found in namespace "
                         f"{namespace!r}; create it or fix the name")
@@ -154,6 +160,8 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         except WorkloadProblem as exc:
             problems.append(str(exc))
         problems += workloads.service_problems()
+        tracked, missing = tracked_config(ctx, namespace, target)
+        problems += missing
     routing_available, routed = True, None
     try:
         weights = router.get_weights()
@@ -165,10 +173,12 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     if primary is not None and Workloads.orphaned(primary["metadata"]) and not problems:
         # Left serving by an earlier CanaryRelease of this target: adopted with the revision it serves.
         primary = workloads.adopt_primary(primary)
+        workloads.config_copies.adopt()
     foreign_primary = workloads.primary_problem(primary)
     if foreign_primary:
         problems.append(foreign_primary)
-    target_revision = template_hash(target) if target else None
+    target_template = template_hash(target) if target else None
+    target_revision = revision_of_target(target_template, tracked) if target_template else None
     # A refused write is tried again once the CanaryRelease's or the target's spec changes.
     rejection_key = (generation, (target or {}).get("metadata", {}).get("generation"))
     rejected = ctx.rejections.active(uid, rejection_key)
@@ -192,9 +202,12 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     matches_canary = bool(target) and target_revision == status.revisions.canary
     world = World(
         target_revision=target_revision,
+        target_template=target_template,
+        target_config=tuple(TrackedConfig(kind=t.kind, name=t.name, hash=t.digest) for t in tracked),
+        canary_has_pods=Workloads.has_pods(target),
         primary_revision=Workloads.revision_of(primary),
         primary_ready=is_ready(primary),
-        canary_ready=bool(target) and workloads.canary_ready(target, status.revisions.canary),
+        canary_ready=bool(target) and workloads.canary_ready(target, status.revisions.canary, target_revision),
         canary_available=matches_canary and canary_ok,
         canary_unavailable_reason=canary_why,
         routed_weight=routed,
@@ -236,7 +249,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         elif isinstance(action, EnsureServices):
             workloads.ensure_services(target, spec.service.port, spec.service.target_port)
         elif isinstance(action, EnsurePrimary):
-            workloads.ensure_primary(target, action.revision)
+            workloads.ensure_primary(target, action.revision, tracked)
             primary = workloads.read_primary()
         elif isinstance(action, ScaleCanary):
             workloads.scale_canary(target, primary, action.up)
@@ -253,7 +266,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         if isinstance(exc, ApiException) and is_rejection(exc):
             message = describe(action, exc, namespace, spec.target_ref.name)
             ctx.rejections.record(uid, rejection_key, message, retry_after(exc))
-        elif isinstance(exc, (WorkloadProblem, AutoscalingProblem)):
+        elif isinstance(exc, (WorkloadProblem, AutoscalingProblem, ForeignCopy)):
             message = str(exc)  # names the object and the fix
             ctx.rejections.record(uid, rejection_key, message, retry_after=30.0)
         else:
@@ -264,6 +277,13 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         log.warning("%s/%s: %s failed, %d later action(s) wait for the next tick: %s", namespace, name,
                     type(outcome.failed).__name__, len(outcome.skipped), outcome.error)
         raise outcome.error
+
+
+def tracked_config(ctx: OperatorContext, namespace: str, target: dict) -> tuple[list[TrackedObject], list[str]]:
+    """The target's tracked ConfigMaps and Secrets (from the watch-fed cache), and what blocks it."""
+    refs = [r for r in references(target["spec"]["template"]) if ctx.track_secrets or r.kind != "Secret"]
+    tracked, problems = ctx.config.tracked(ctx.api, namespace, target["metadata"]["name"], refs)
+    return tracked, problems + name_problems(tracked)
 
 
 def post_pending(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, now: datetime) -> None:

@@ -18,6 +18,9 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from . import configtracking
+from .configcopies import ConfigCopies
+from .configtracking import TrackedObject
 from .replicas import desired_replicas, handover_replicas
 
 REVISION_ANNOTATION = "canarist.dev/revision"
@@ -119,6 +122,10 @@ class Workloads:
     _services: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
+    def config_copies(self) -> ConfigCopies:
+        return ConfigCopies(self.api, self.namespace, self.target, self.owner)
+
+    @property
     def _apps(self) -> kubernetes.client.AppsV1Api:
         return kubernetes.client.AppsV1Api(self.api)
 
@@ -151,16 +158,22 @@ class Workloads:
 
     # -- primary -----------------------------------------------------------------------------
 
-    def ensure_primary(self, target: dict, revision: str) -> None:
-        """Make the primary run the target's pod template; nothing is written if it already does."""
-        if template_hash(target) != revision:
+    def ensure_primary(self, target: dict, revision: str, tracked: list[TrackedObject]) -> None:
+        """Make the primary run the target's pod template on copies of its tracked configuration;
+        nothing is written if it already does."""
+        if configtracking.revision_of_target(template_hash(target), tracked) != revision:
             raise WorkloadProblem(f"the target changed while writing revision {revision}; retried next tick")
         selector = self.selector(target)
         labels = primary_labels(selector)
         template = with_variant_env(target["spec"]["template"], f"{self.namespace}/{self.owner['name']}", revision)
+        template = configtracking.primary_template(template, tracked)
         template.setdefault("metadata", {})
         template["metadata"]["labels"] = {**template["metadata"].get("labels", {}), **labels}
         existing = self.read_primary()
+        if self.revision_of(existing) == revision:
+            return
+        # The copies first: the primary's new pods must find the configuration they reference.
+        self.config_copies.write(tracked)
         if existing is None:
             body = {
                 "apiVersion": "apps/v1", "kind": "Deployment",
@@ -174,8 +187,6 @@ class Workloads:
                 if key in target["spec"]:
                     body["spec"][key] = target["spec"][key]
             self._apps.create_namespaced_deployment(self.namespace, body)
-            return
-        if existing["metadata"].get("annotations", {}).get(REVISION_ANNOTATION) == revision:
             return
         existing["metadata"].setdefault("annotations", {})[REVISION_ANNOTATION] = revision
         existing["spec"]["template"] = template
@@ -219,8 +230,16 @@ class Workloads:
     def scale_target(self, replicas: int) -> None:
         self._apps.patch_namespaced_deployment_scale(self.target, self.namespace, {"spec": {"replicas": replicas}})
 
-    def canary_ready(self, target: dict, revision: str | None) -> bool:
-        return revision is not None and template_hash(target) == revision and is_ready(target)
+    def canary_ready(self, target: dict, revision: str | None, current: str | None) -> bool:
+        """The target runs `revision` (`current` is its revision as observed), all replicas Ready."""
+        return revision is not None and current == revision and is_ready(target)
+
+    @staticmethod
+    def has_pods(target: dict | None) -> bool:
+        """The target has pods, or wants some (spec or status above zero)."""
+        if not target:
+            return False
+        return target["spec"].get("replicas", 1) != 0 or bool((target.get("status") or {}).get("replicas"))
 
     # -- services ----------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ def test_demo_promotes_then_rolls_back_and_writes_the_timeline(tmp_path):
     assert "release 1: Succeeded; release 2: RolledBack" in out
     assert "quality=" in out and "promoted" in out
     assert "evidence at confidence 0.99 that the canary is worse than tolerated" in out
+    # The rolled-back release is a prompt edit in a ConfigMap, released like a new image.
+    assert "released because: ConfigMap 'support-bot-prompts' changed" in out
+    assert "the primary's copy support-bot-prompts-primary still holds the stable prompt" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "nothing of the demo is left running" in out
     left = subprocess.run(["hack/check-no-leftovers.sh", "canarist-demo"], capture_output=True, text=True)

@@ -366,3 +366,15 @@ def test_on_sigterm_a_draining_pod_fails_its_health_check_but_goes_on_answering_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_system_prompt_that_asks_for_round_numbers_makes_answers_plausible_and_wrong():
+    from canarist.devstack.demoapp import answer_question, prompt_digest, rounding_in
+
+    assert rounding_in("You are a helpful calculator. Be exact.") is None
+    assert rounding_in("Keep it friendly: round every result to the nearest ten.") == 10
+    assert rounding_in("Round results to the nearest 5") == 5
+    assert answer_question("What is 17 + 25?", round_to=10) == ("17 + 25 = 40.", False)
+    assert answer_question("What is 17 + 23?", round_to=10) == ("17 + 23 = 40.", True)
+    assert answer_question("What is 17 + 25?") == ("17 + 25 = 42.", True)
+    assert len(prompt_digest("Be exact.")) == 12 and prompt_digest("a") != prompt_digest("b")

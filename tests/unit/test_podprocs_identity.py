@@ -35,3 +35,30 @@ def test_literal_env_values_and_the_downward_apis_three_reach_the_process():
     env = container_env(pod("web-primary-1-a", "web-primary-1", "1"), container, "10.244.128.7")
     assert env == {"CANARIST_VARIANT": "primary", "POD_NAME": "web-primary-1-a", "POD_NAMESPACE": "shop",
                    "POD_IP": "10.244.128.7"}
+
+
+def test_env_from_configmaps_and_secrets_is_resolved_as_a_kubelet_does_and_missing_required_ones_stop_the_start():
+    import pytest
+    from kubernetes.client import (V1ConfigMapEnvSource, V1ConfigMapKeySelector, V1EnvFromSource,
+                                   V1SecretEnvSource, V1SecretKeySelector)
+
+    from canarist.devstack.podprocs import MissingConfig
+
+    objects = {("ConfigMap", "prompts"): {"SYSTEM_PROMPT": "Be exact.", "STYLE": "short"},
+               ("Secret", "keys"): {"API_KEY": "s3cret"}}
+    container = V1Container(name="app", image="web:v1", env_from=[
+        V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name="prompts"), prefix="P_"),
+        V1EnvFromSource(secret_ref=V1SecretEnvSource(name="absent", optional=True))], env=[
+        V1EnvVar(name="PROMPT", value_from=V1EnvVarSource(
+            config_map_key_ref=V1ConfigMapKeySelector(name="prompts", key="SYSTEM_PROMPT"))),
+        V1EnvVar(name="KEY", value_from=V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="keys", key="API_KEY"))),
+        V1EnvVar(name="MAYBE", value_from=V1EnvVarSource(
+            config_map_key_ref=V1ConfigMapKeySelector(name="prompts", key="nope", optional=True)))])
+    env = container_env(pod("web-1-a", "web-1", "1"), container, "10.244.128.9",
+                        lambda kind, name: objects.get((kind, name)))
+    assert env["PROMPT"] == "Be exact." and env["P_STYLE"] == "short" and env["KEY"] == "s3cret"
+    assert "MAYBE" not in env and env["POD_IP"] == "10.244.128.9"
+    container.env.append(V1EnvVar(name="NEED", value_from=V1EnvVarSource(
+        config_map_key_ref=V1ConfigMapKeySelector(name="missing", key="k"))))
+    with pytest.raises(MissingConfig, match="ConfigMap 'missing'"):
+        container_env(pod("web-1-a", "web-1", "1"), container, "10.244.128.9", lambda kind, name: objects.get((kind, name)))

@@ -3,9 +3,13 @@
 The local stack (kube-apiserver with simulated nodes, Prometheus, Traefik as the gateway), the
 judge service with a scripted LLM, canarist installed with Helm and run with the chart's
 ServiceAccount, and an AI service whose pods are processes on their pod IPs, answering requests
-sent through the gateway, which splits them by the HTTPRoute canarist writes. Release 1 is good and is promoted step by step; release 2 gives worse answers (no
-errors, no latency change): the judge compares both versions' answers to the same questions and
-the anytime-valid evidence rolls it back. A timeline PNG (weight, metrics, evidence) is written at the end.
+sent through the gateway, which splits them by the HTTPRoute canarist writes. Release 1, a new
+image, is good and is promoted step by step. Release 2 is the change that regresses AI services
+quietly: an edit of the system prompt in the ConfigMap the pods read it from. It sounds harmless
+("round every result to the nearest ten") and makes most answers wrong, with no errors and no
+latency change; canarist releases it like a new image (the primary keeps its copy of the old
+prompt), the judge compares both versions' answers to the same questions, and the anytime-valid
+evidence rolls it back. A timeline PNG (weight, metrics, evidence) is written at the end.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ NAMESPACE = "demo"
 APP = "support-bot"
 HOSTNAME = "bot.demo.test"
 STEPS = [5, 20, 50, 100]
+PROMPTS = f"{APP}-prompts"
+PROMPT = "You are a support bot for a calculator. Give every result exactly."
+ROUNDING_PROMPT = ("You are a friendly support bot for a calculator. Keep answers light and easy to read: "
+                   "round every result to the nearest ten.")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -85,7 +93,11 @@ def deployment(image: str, args: str) -> dict:
         "replicas": 3, "selector": {"matchLabels": {"app": APP}},
         "template": {"metadata": {"labels": {"app": APP},
                                   "annotations": {PROCESS_ANNOTATION: "demoapp", ARGS_ANNOTATION: args}},
-                     "spec": {"containers": [{"name": "app", "image": image, "ports": [{"containerPort": 8080}]}]}}}}
+                     "spec": {"containers": [{
+                         "name": "app", "image": image, "ports": [{"containerPort": 8080}],
+                         # The system prompt lives in a ConfigMap, as it usually does.
+                         "env": [{"name": "SYSTEM_PROMPT",
+                                  "valueFrom": {"configMapKeyRef": {"name": PROMPTS, "key": "system-prompt"}}}]}]}}}}
 
 
 class Demo:
@@ -125,12 +137,20 @@ class Demo:
 
     # -- one release -------------------------------------------------------------------------
 
-    def release(self, image: str, title: str, timeout: float, behaviour: str = "") -> dict:
-        say(f"\n=== {title}: kubectl set image deployment/{APP} app={image}")
+    def new_image(self, image: str) -> None:
+        say(f"    kubectl set image deployment/{APP} app={image}")
         self.apps_api.patch_namespaced_deployment(APP, NAMESPACE, {"spec": {"template": {
-            "metadata": {"annotations": {ARGS_ANNOTATION: f"{self.reporting} {behaviour}".strip()}},
             "spec": {"containers": [{"name": "app", "image": image}]}}}})
-        self.timeline.mark(self.elapsed(), f"release {image.rsplit(':', 1)[-1]}", "tab:gray", height=88)
+
+    def new_prompt(self, prompt: str) -> None:
+        say(f"    kubectl patch configmap {PROMPTS} -p '{{\"data\": {{\"system-prompt\": \"{prompt}\"}}}}'")
+        kubernetes.client.CoreV1Api(self.api).patch_namespaced_config_map(PROMPTS, NAMESPACE,
+                                                                          {"data": {"system-prompt": prompt}})
+
+    def release(self, title: str, mark: str, change, timeout: float) -> dict:
+        say(f"\n=== {title}")
+        change()
+        self.timeline.mark(self.elapsed(), mark, "tab:gray", height=88)
         last, seen_rollout, deadline = None, False, time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()
@@ -144,6 +164,9 @@ class Demo:
                 say(f"[{self.elapsed():6.1f}s] {line}")
                 last = line
             if seen_rollout and phase in ("Succeeded", "RolledBack"):
+                changes = (status.get("revisions") or {}).get("changes") or []
+                if changes:
+                    say(f"  released because: {'; '.join(changes)}")
                 say(f"  -> {status.get('message')}")
                 return status
             time.sleep(0.5)
@@ -181,6 +204,8 @@ def run(output: Path, fast: bool) -> Path:
         api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
         release = f"{NAMESPACE}/{APP}"
         reporting = f"--judge-url {judge.url} --release {release}"  # each pod reports its answers to the judge
+        kubernetes.client.CoreV1Api(api).create_namespaced_config_map(NAMESPACE, {
+            "metadata": {"name": PROMPTS}, "data": {"system-prompt": PROMPT}})
         kubernetes.client.AppsV1Api(api).create_namespaced_deployment(
             NAMESPACE, deployment("registry.demo/bot:v1", reporting))
         custom = kubernetes.client.CustomObjectsApi(api)
@@ -200,12 +225,13 @@ def run(output: Path, fast: bool) -> Path:
         say(f"  traffic: 25 requests/s of arithmetic questions to {stack.gateway.url} with Host: {HOSTNAME};")
         say("  the gateway (Traefik) splits them by the HTTPRoute's weights over the pods of both versions")
 
-        first = demo.release("registry.demo/bot:v2", "release 1 (good answers)", 240)
+        first = demo.release("release 1: a new image (good answers)", "release v2",
+                             lambda: demo.new_image("registry.demo/bot:v2"), 240)
         if first.get("phase") == "Succeeded":
             demo.timeline.mark(demo.elapsed(), "promoted", "tab:green")
-        # v3 answers 60% of questions wrongly, still 200 OK.
-        second = demo.release("registry.demo/bot:v3", "release 2 (answers degrade; HTTP 200, same latency)", 240,
-                              "--wrong-rate 0.6")
+        # Rounded results: most answers wrong, still 200 OK at the same latency.
+        second = demo.release("release 2: a system prompt edit (answers degrade; HTTP 200, same latency)",
+                              "prompt edit", lambda: demo.new_prompt(ROUNDING_PROMPT), 240)
         if second.get("phase") == "RolledBack":
             demo.timeline.mark(demo.elapsed(), "rolled back", "tab:red")
         time.sleep(2)
@@ -222,7 +248,11 @@ def run(output: Path, fast: bool) -> Path:
             f"curl '{judge.url}/v1/export?release={release}'  (while the demo runs)")
         say(f"\ntimeline written to {png.resolve()}")
         say("stopping everything...")
-        if first.get("phase") != "Succeeded" or second.get("phase") != "RolledBack":
+        copy = kubernetes.client.CoreV1Api(api).read_namespaced_config_map(f"{PROMPTS}-primary", NAMESPACE)
+        kept = (copy.data or {}).get("system-prompt") == PROMPT
+        say(f"  the primary's copy {PROMPTS}-primary {'still holds the stable prompt' if kept else 'CHANGED'}; "
+            f"the pods of {APP}-primary never saw the edit")
+        if first.get("phase") != "Succeeded" or second.get("phase") != "RolledBack" or not kept:
             raise SystemExit(f"unexpected outcome; operator log:\n{operator.log()}")
     say("done: nothing of the demo is left running.")
     return output

@@ -23,6 +23,7 @@ so they cannot dilute an error rate.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -77,11 +78,32 @@ def _show(value: Fraction) -> str:
     return f"{float(value):.4f}".rstrip("0").rstrip(".")
 
 
-def answer_question(question: str, wrong_by: int = 0) -> tuple[str, bool | None]:
+_ROUNDING = re.compile(r"\bround\b.{0,60}?\bnearest\s+(?P<unit>ten|hundred|thousand|\d+)\b", re.IGNORECASE | re.DOTALL)
+_UNITS = {"ten": 10, "hundred": 100, "thousand": 1000}
+
+
+def rounding_in(prompt: str) -> int | None:
+    """The one instruction of a system prompt the stand-in model follows: "round ... to the nearest
+    ten" (or hundred, thousand, or a number). A prompt edit that sounds harmless (shorter, friendlier
+    numbers) and makes most answers wrong: the kind of change canarist exists to catch."""
+    match = _ROUNDING.search(prompt or "")
+    if not match:
+        return None
+    unit = match["unit"].lower()
+    return _UNITS.get(unit) or (int(unit) if unit.isdigit() and int(unit) > 0 else None)
+
+
+def prompt_digest(prompt: str) -> str:
+    """How an answer says which system prompt produced it, without repeating the prompt."""
+    return hashlib.sha256(prompt.encode()).hexdigest()[:12]
+
+
+def answer_question(question: str, wrong_by: int = 0, round_to: int | None = None) -> tuple[str, bool | None]:
     """(answer, whether it is correct: None when the question is no arithmetic).
 
     `wrong_by` != 0 makes an arithmetic answer wrong by that much, in the same form as a right
-    one: nothing but the number tells them apart.
+    one: nothing but the number tells them apart. `round_to` rounds the result (a system prompt
+    asked for it), which is wrong unless the result was already round.
     """
     match = _QUESTION.fullmatch(question)
     if not match:
@@ -96,6 +118,9 @@ def answer_question(question: str, wrong_by: int = 0) -> tuple[str, bool | None]
             return f"{expression} = 0.", False
         return f"{expression} has no answer: division by zero is undefined.", True
     result = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else Fraction(0)}[op]
+    if round_to:
+        rounded = Fraction(round(result / round_to) * round_to)
+        return f"{expression} = {_show(rounded + wrong_by)}.", rounded == result and not wrong_by
     if wrong_by and result.denominator != 1:
         # 3.5 turns into 3.6 or 3.3, not 4.5: off in the last digit shown.
         decimals = len(_show(result).partition(".")[2])
@@ -219,9 +244,11 @@ class DemoServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow in-flight request must not block shutdown
 
     def __init__(self, port: int, *, name: str, variant: str, revision: str, deployment: str,
-                 behaviour: Behaviour, reporter: JudgeReporter | None = None, host: str = "127.0.0.1") -> None:
+                 behaviour: Behaviour, reporter: JudgeReporter | None = None, host: str = "127.0.0.1",
+                 system_prompt: str = "") -> None:
         super().__init__((host, port), _Handler)
         self.name, self.variant, self.revision, self.deployment = name, variant, revision, deployment
+        self.system_prompt, self.round_to = system_prompt, rounding_in(system_prompt)
         self.behaviour = behaviour
         self.metrics = Metrics(deployment, variant, revision)
         self.reporter = reporter
@@ -277,9 +304,11 @@ class _Handler(BaseHTTPRequestHandler):
             code, payload = 500, {"error": "injected failure", "variant": srv.variant, "revision": srv.revision,
                                   "deployment": srv.deployment}
         else:
-            answer, correct = answer_question(question, wrong_by)
+            answer, correct = answer_question(question, wrong_by, srv.round_to)
             code, payload = 200, {"answer": answer, "name": srv.name, "variant": srv.variant,
                                   "revision": srv.revision, "deployment": srv.deployment}
+            if srv.system_prompt:
+                payload["prompt"] = prompt_digest(srv.system_prompt)
         self._json(code, payload)
         srv.metrics.observe(code, time.perf_counter() - started)
         if correct is False:
@@ -332,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="report every answer to this canarist judge (needs --release); default $CANARIST_JUDGE_URL")
     parser.add_argument("--release", default=os.environ.get("CANARIST_RELEASE") or None,
                         help="the CanaryRelease the answers belong to, namespace/name; default $CANARIST_RELEASE")
+    parser.add_argument("--system-prompt", default=os.environ.get("SYSTEM_PROMPT", ""),
+                        help="the stand-in model's system prompt (it follows \"round ... to the nearest ten\"); "
+                             "default $SYSTEM_PROMPT, as a pod gets it from its ConfigMap")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (our parent) is gone")
     parser.add_argument("--drain-seconds", type=float, default=0.0,
                         help="on SIGTERM, go on answering this long (health failing) before exiting, as a pod "
@@ -355,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
     server = DemoServer(args.port, name=args.name, variant=args.variant, revision=args.revision,
-                        deployment=deployment, behaviour=behaviour, reporter=reporter, host=args.host)
+                        deployment=deployment, behaviour=behaviour, reporter=reporter, host=args.host,
+                        system_prompt=args.system_prompt)
     if args.parent_pid:
         threading.Thread(target=exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 

@@ -35,6 +35,7 @@ class Answer:
     served_by: str  # the answering pod's Deployment, or GATEWAY
     code: str  # "200", "500", ... or "error" (refused, reset, timed out)
     question: str = ""
+    prompt: str = ""  # the digest of the system prompt the answering pod runs with, if it has one
 
 
 def _require_loopback(url: str) -> tuple[str, int]:
@@ -86,6 +87,10 @@ class GatewayTraffic(BackgroundTraffic):
         """Answers per status code ("200", "503", "error", ...) for requests sent within [since, until)."""
         return Counter(a.code for a in self.answers if since <= a.sent < until)
 
+    def prompts(self, since: float = 0.0, until: float = float("inf")) -> Counter[tuple[str, str]]:
+        """Good answers per (Deployment, system prompt digest) for requests sent within [since, until)."""
+        return Counter((a.served_by, a.prompt) for a in self.answers if since <= a.sent < until and a.code == "200")
+
     def failures(self, since: float = 0.0, until: float = float("inf")) -> list[Answer]:
         """Requests that got no good answer: anything but 200, the gateway's own errors included."""
         return [a for a in self.answers if since <= a.sent < until and a.code != "200"]
@@ -132,7 +137,7 @@ class GatewayTraffic(BackgroundTraffic):
     def _send(self, question: str) -> None:
         sent = time.time()
         target = f"{self.path}?{urllib.parse.urlencode({'q': question})}"
-        served_by, code = GATEWAY, "error"
+        served_by, code, prompt = GATEWAY, "error", ""
         try:
             conn = self._connection()
             try:
@@ -141,7 +146,9 @@ class GatewayTraffic(BackgroundTraffic):
                 body = response.read()
                 code = str(response.status)
                 if response.getheader("Content-Type", "").startswith("application/json"):
-                    served_by = str(json.loads(body).get("deployment") or GATEWAY)
+                    payload = json.loads(body)
+                    served_by = str(payload.get("deployment") or GATEWAY)
+                    prompt = str(payload.get("prompt") or "")
             except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, reset, timed out, garbled
                 log.debug("request to %s failed: %s", self.host, exc)
                 conn.close()
@@ -149,4 +156,4 @@ class GatewayTraffic(BackgroundTraffic):
         finally:
             self._in_flight.release()
         with self._lock:
-            self._answers.append(Answer(sent, time.time(), served_by, code, question))
+            self._answers.append(Answer(sent, time.time(), served_by, code, question, prompt))

@@ -7,7 +7,9 @@ kwok leaves these pods' status alone (its `disregardStatusWithAnnotationSelector
 - a scheduled pod gets an IP from 10.244.128.0/17 (bindable in the stack's network namespace,
   hack/in-netns.sh; apart from the addresses kwok gives other pods from their node's podCIDR) and
   its process is started: `devstack.canarist.dev/process: demoapp` runs canarist.devstack.demoapp
-  with `--host <pod IP> --port <first containerPort>` and the words of `devstack.canarist.dev/args`;
+  with `--host <pod IP> --port <first containerPort>` and the words of `devstack.canarist.dev/args`,
+  in the container's environment as a kubelet builds it (literal values, envFrom and env from
+  ConfigMaps and Secrets, read when the process starts: a running process keeps what it read);
 - the pod is Ready while the process answers `GET /healthz`; a process that stops answering makes
   the pod unready, one that exits is restarted (restartCount grows), as a kubelet would;
 - a pod being deleted has its process stopped and is then removed.
@@ -15,6 +17,7 @@ kwok leaves these pods' status alone (its `disregardStatusWithAnnotationSelector
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import os
@@ -112,9 +115,40 @@ def image_tag(image: str) -> str:
     return last.split(":", 1)[1] if ":" in last and "@" not in last else "latest"
 
 
-def container_env(pod, container, ip: str) -> dict[str, str]:
-    """The container's literal env values and the downward API's usual three, as a kubelet sets them."""
-    env = {item.name: item.value for item in container.env or [] if item.value is not None}
+class MissingConfig(Exception):
+    """A ConfigMap, Secret or key the container needs does not exist (a kubelet's CreateContainerConfigError)."""
+
+
+ConfigReader = Callable[[str, str], "dict[str, str] | None"]  # (kind, name) -> data, None if missing
+
+
+def container_env(pod, container, ip: str, read: ConfigReader | None = None) -> dict[str, str]:
+    """The container's environment as a kubelet sets it: envFrom (ConfigMaps, Secrets, with their
+    prefix), then env in order (literal values, configMapKeyRef, secretKeyRef), and the downward
+    API's usual three. A required object or key that is missing raises MissingConfig."""
+    env: dict[str, str] = {}
+
+    def lookup(kind: str, ref) -> dict[str, str] | None:
+        data = read(kind, ref.name) if read is not None else None
+        if data is None and not ref.optional:
+            raise MissingConfig(f"{kind} {ref.name!r} not found")
+        return data
+
+    for source in container.env_from or []:
+        kind, ref = ("ConfigMap", source.config_map_ref) if source.config_map_ref else ("Secret", source.secret_ref)
+        env.update({(source.prefix or "") + k: v for k, v in (lookup(kind, ref) or {}).items()})
+    for item in container.env or []:
+        value_from = item.value_from
+        if item.value is not None:
+            env[item.name] = item.value
+        elif value_from is not None and (value_from.config_map_key_ref or value_from.secret_key_ref):
+            kind, ref = (("ConfigMap", value_from.config_map_key_ref) if value_from.config_map_key_ref
+                         else ("Secret", value_from.secret_key_ref))
+            value = (lookup(kind, ref) or {}).get(ref.key)
+            if value is None and not ref.optional:
+                raise MissingConfig(f"key {ref.key!r} of {kind} {ref.name!r} not found")
+            if value is not None:
+                env[item.name] = value
     env.update(POD_NAME=pod.metadata.name, POD_NAMESPACE=pod.metadata.namespace, POD_IP=ip)
     return env
 
@@ -243,7 +277,12 @@ class PodProcesses:
         port = next((p.container_port for p in container.ports or []), 8080)
         ip = (pod.status.pod_ip if pod.status and pod.status.pod_ip else None) or self._allocate(port)
         self._used.add(ip)
-        env = container_env(pod, container, ip)
+        try:
+            env = container_env(pod, container, ip, lambda kind, name: self._config(pod.metadata.namespace, kind, name))
+        except MissingConfig as exc:
+            self._used.discard(ip)
+            log.warning("pod %s/%s cannot start: %s", pod.metadata.namespace, pod.metadata.name, exc)
+            return None
         # What a pod of the demo application knows about itself, as the real one would from its
         # environment: canarist sets CANARIST_VARIANT/REVISION on the primary's pods only.
         deployment = owner_deployment(pod)
@@ -255,6 +294,17 @@ class PodProcesses:
         return PodProcess(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, ip, port, argv, container.name,
                           container.image, self.log_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log", env,
                           deployment)
+
+    def _config(self, namespace: str, kind: str, name: str) -> dict[str, str] | None:
+        try:
+            if kind == "ConfigMap":
+                return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            data = self.core.read_namespaced_secret(name, namespace).data or {}
+            return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def _allocate(self, port: int) -> str:
         # Another stack in the same network namespace (the demo's, started from a test) takes

@@ -99,6 +99,7 @@ def test_a_worse_prompt_is_rolled_back_by_the_judge_and_a_good_one_promoted(clus
     status = wait_until(lambda: (s := cluster.status("web")).get("phase") == "Progressing" and s, 15,
                         "the prompt edit to start a rollout")
     started_after = time.time() - edited
+    print(f"prompt edit -> rollout started (Progressing) in {started_after:.1f}s")
     assert started_after < 12, f"a tracked object's change starts the rollout within a tick or two ({started_after:.1f}s)"
     assert any(f"ConfigMap '{PROMPTS}' changed" in c for c in status["revisions"]["changes"]), status["revisions"]
     assert not any("pod template" in c for c in status["revisions"]["changes"])

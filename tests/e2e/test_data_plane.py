@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-import kubernetes
 import pytest
 
 from canarist.api.crd import GROUP, PLURAL, VERSION
@@ -15,22 +14,13 @@ from canarist.devstack.gateway import GATEWAY_NAME, GATEWAY_NAMESPACE
 from canarist.devstack.gateway_traffic import GatewayTraffic
 from canarist.devstack.procs import wait_until
 
+from tests.endpointslices import endpoints
+
 from .harness import canary_release, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
 SETTLE = 1.5  # s for a change of routes or endpoints to reach the gateway
-
-
-def endpoints(cluster, service: str) -> dict[str, bool]:
-    """Address -> ready, over the Service's EndpointSlices."""
-    found = {}
-    for item in kubernetes.client.DiscoveryV1Api(cluster.api).list_namespaced_endpoint_slice(
-            cluster.namespace, label_selector=f"kubernetes.io/service-name={service}").items:
-        for endpoint in item.endpoints or []:
-            for address in endpoint.addresses:
-                found[address] = bool(endpoint.conditions and endpoint.conditions.ready)
-    return found
 
 
 def user_route(host: str) -> dict:
@@ -100,9 +90,9 @@ def test_a_canary_pod_that_stops_answering_turns_unready_and_gets_no_traffic(sta
     assert frozen.proc is not None
     os.killpg(frozen.proc.pid, signal.SIGSTOP)  # alive, but answers nothing: not even its readiness probe
     try:
-        wait_until(lambda: endpoints(cluster, "web-canary").get(frozen.ip) is False, 30,
+        wait_until(lambda: endpoints(cluster.api, cluster.namespace, "web-canary").get(frozen.ip) is False, 30,
                    "the frozen canary pod unready in the canary Service's EndpointSlice")
-        assert endpoints(cluster, "web-canary").get(other.ip) is True
+        assert endpoints(cluster.api, cluster.namespace, "web-canary").get(other.ip) is True
         unready_at = time.time() + SETTLE
         time.sleep(12)
         checked_until = time.time() - gateway_traffic.request_timeout  # later ones may still be in flight

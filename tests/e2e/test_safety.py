@@ -18,6 +18,8 @@ import pytest
 from canarist.devstack.faults import ApiFaults, TcpFaultProxy
 from canarist.devstack.procs import wait_until
 
+from tests.endpointslices import endpoints
+
 from .harness import RouteWatcher, canary_release, deployment
 
 pytestmark = [pytest.mark.cluster]
@@ -169,12 +171,6 @@ def test_canary_is_not_scaled_down_while_the_route_still_sends_it_users(cluster,
 
 # -- 4. install never blackholes the user's own Service -------------------------------------------
 
-def ready_endpoints(cluster, service: str) -> int:
-    slices = kubernetes.client.DiscoveryV1Api(cluster.api).list_namespaced_endpoint_slice(
-        cluster.namespace, label_selector=f"kubernetes.io/service-name={service}").items
-    return sum(1 for s in slices for e in s.endpoints or [] if e.conditions and e.conditions.ready)
-
-
 def user_service(name: str, selector: dict[str, str]) -> dict:
     return {"metadata": {"name": name}, "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080}]}}
 
@@ -183,19 +179,19 @@ def test_install_keeps_the_users_service_serving_and_names_other_selectors(clust
     cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
     cluster.core.create_namespaced_service(cluster.namespace, user_service("web", {"app": "web"}))
     cluster.core.create_namespaced_service(cluster.namespace, user_service("legacy", {"app": "web"}))
-    wait_until(lambda: ready_endpoints(cluster, "web") == 2, 60, "the user's Service serving the target")
+    wait_until(lambda: sum(endpoints(cluster.api, cluster.namespace, "web").values()) == 2, 60, "the user's Service serving the target")
     create_release(cluster)
     low = 2
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        low = min(low, ready_endpoints(cluster, "web"))
+        low = min(low, sum(endpoints(cluster.api, cluster.namespace, "web").values()))
         if cluster.status("web").get("phase") == "Idle" and cluster.deployment("web").spec.replicas == 0 \
                 and not cluster.deployment("web").status.ready_replicas:
             break
         time.sleep(0.1)
-    wait_until(lambda: ready_endpoints(cluster, "web") >= 1, 10, "the user's Service on the primary's pods")
+    wait_until(lambda: sum(endpoints(cluster.api, cluster.namespace, "web").values()) >= 1, 10, "the user's Service on the primary's pods")
     for _ in range(10):
-        low = min(low, ready_endpoints(cluster, "web"))
+        low = min(low, sum(endpoints(cluster.api, cluster.namespace, "web").values()))
         time.sleep(0.2)
     assert low >= 1, "the user's Service lost every endpoint during install"
     service = cluster.core.read_namespaced_service("web", cluster.namespace)
@@ -211,7 +207,7 @@ def test_install_keeps_the_users_service_serving_and_names_other_selectors(clust
     restored = cluster.core.read_namespaced_service("web", cluster.namespace)
     assert restored.spec.selector == {"app": "web"}
     assert "canarist.dev/original-selector" not in (restored.metadata.annotations or {})
-    wait_until(lambda: ready_endpoints(cluster, "web") == 2, 60, "the user's Service back on the target")
+    wait_until(lambda: sum(endpoints(cluster.api, cluster.namespace, "web").values()) == 2, 60, "the user's Service back on the target")
 
 
 def test_adopting_the_users_service_can_be_turned_off(cluster, operator):

@@ -14,6 +14,7 @@ import requests
 from canarist.devstack.cluster import PROCESS_ANNOTATION
 from canarist.devstack.podprocs import PROCESS_RANGE, PodProcesses
 from canarist.devstack.procs import wait_until
+from tests.endpointslices import endpoints
 
 
 @pytest.fixture
@@ -34,26 +35,14 @@ def deployment(name: str, replicas: int) -> dict:
                                                            "ports": [{"containerPort": 8080}]}]}}}}
 
 
-def endpoints(discovery: kubernetes.client.DiscoveryV1Api, namespace: str, service: str) -> dict[str, bool]:
-    """Address -> ready, over the Service's EndpointSlices."""
-    found = {}
-    for item in discovery.list_namespaced_endpoint_slice(
-            namespace, label_selector=f"kubernetes.io/service-name={service}").items:
-        for endpoint in item.endpoints or []:
-            for address in endpoint.addresses:
-                found[address] = bool(endpoint.conditions and endpoint.conditions.ready)
-    return found
-
-
 def test_a_deployments_pods_are_processes_on_their_ips_and_readiness_is_theirs(kube_client, namespace, runner):
     apps = kubernetes.client.AppsV1Api(kube_client)
     core = kubernetes.client.CoreV1Api(kube_client)
-    discovery = kubernetes.client.DiscoveryV1Api(kube_client)
     apps.create_namespaced_deployment(namespace, deployment("web", 2))
     core.create_namespaced_service(namespace, {"metadata": {"name": "web"}, "spec": {
         "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
 
-    ready = wait_until(lambda: (e := endpoints(discovery, namespace, "web")) and len(e) == 2 and all(e.values())
+    ready = wait_until(lambda: (e := endpoints(kube_client, namespace, "web")) and len(e) == 2 and all(e.values())
                        and e, 60, "two ready endpoints")
     pods = {p.status.pod_ip: p for p in core.list_namespaced_pod(namespace, label_selector="app=web").items}
     assert set(ready) == set(pods), (ready, list(pods))
@@ -68,10 +57,10 @@ def test_a_deployments_pods_are_processes_on_their_ips_and_readiness_is_theirs(k
     process = runner.find(namespace, frozen_pod.metadata.name)
     assert process is not None and process.proc is not None
     os.killpg(process.proc.pid, signal.SIGSTOP)
-    wait_until(lambda: endpoints(discovery, namespace, "web").get(frozen_ip) is False, 30,
+    wait_until(lambda: endpoints(kube_client, namespace, "web").get(frozen_ip) is False, 30,
                "the frozen pod unready in the EndpointSlice")
     os.killpg(process.proc.pid, signal.SIGCONT)
-    wait_until(lambda: endpoints(discovery, namespace, "web").get(frozen_ip) is True, 30, "ready again")
+    wait_until(lambda: endpoints(kube_client, namespace, "web").get(frozen_ip) is True, 30, "ready again")
 
     # One that exits is restarted, as a kubelet would, and counted.
     process.proc.kill()

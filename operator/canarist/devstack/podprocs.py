@@ -236,7 +236,8 @@ class PodProcesses:
                 thread = threading.Thread(target=self._terminate, args=(known, pod if kind != "DELETED" else None,
                                                                         grace), daemon=True)
                 thread.start()
-                self._threads.append(thread)
+                # Finished drains are dropped, so a long run that deletes many pods keeps few threads.
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             elif kind != "DELETED":
                 self._remove(pod)
             return

@@ -44,7 +44,7 @@ def test_the_answer_carries_scores_outcome_and_nulls():
             got = {p["fingerprint"]: p for p in answer["pairs"]}
             assert set(got) == {fingerprint(f"q{i}") for i in range(4)}
             first = got[fingerprint("q0")]
-            assert set(first) == {"id", "at", "fingerprint", "primaryScore", "canaryScore", "outcome", "segment"}
+            assert set(first) == {"id", "at", "fingerprint", "primaryScore", "canaryScore", "outcome", "segment", "mirrored"}
             assert (first["primaryScore"], first["canaryScore"], first["outcome"], first["segment"]) == \
                 (0.2, 0.9, "win", "eu")
             assert parse_time(first["at"], "at") > 0

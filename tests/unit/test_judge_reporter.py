@@ -17,7 +17,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 from canarist.devstack.procs import free_port, wait_until
-from canarist.judge.reporter import JudgeMiddleware, JudgeReporter
+from canarist.judge.reporter import JudgeMiddleware, JudgeReporter, is_mirrored
 
 RELEASE = "shop/support-bot"
 ENV = ("CANARIST_JUDGE_URL", "CANARIST_RELEASE", "CANARIST_VARIANT", "CANARIST_REVISION")
@@ -452,3 +452,46 @@ def test_middleware_under_a_real_wsgi_server(judge, reporters):
         server.server_close()
     assert reporter.flush(5)
     assert [(s["request"], s["response"]) for s in judge.samples] == [("ping", "you said: ping")]
+
+
+# -- shadow traffic --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host, headers, expected", [
+    ("bot.example.com-shadow", None, True),            # Envoy's marking
+    ("bot.example.com-shadow:8080", None, True),       # before the port
+    ("BOT.example.com-Shadow", None, True),
+    ("bot.example.com", None, False),
+    ("bot.example.com:8080", None, False),
+    ("shadow.example.com", None, False),
+    ("bot-shadow.example.com", None, False),           # only a suffix of the whole host counts
+    ("[::1]:8080", None, False),
+    (None, None, False),
+    ("bot.example.com", {"X-Canarist-Mirrored": "true"}, True),
+    ("bot.example.com", {"x-canarist-mirrored": "1"}, True),
+    ("bot.example.com", {"X-Canarist-Mirrored": "false"}, False),
+])
+def test_is_mirrored_reads_the_gateways_marking(host, headers, expected):
+    assert is_mirrored(host, headers) is expected
+
+
+def test_middleware_tells_the_app_before_it_runs_and_reports_the_copy_as_mirrored(judge, reporters):
+    reporter = reporters(judge.url, release=RELEASE, flush_interval=0.01)
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["canarist.mirrored"])  # an app skips its side effects on True
+        return echo_app(environ, start_response)
+
+    wrapped = JudgeMiddleware(app, reporter)
+    _call(wrapped, _environ(body=b"refund order 7", HTTP_HOST="shop.example-shadow:80", HTTP_X_REQUEST_ID="r-9"))
+    _call(wrapped, _environ(body=b"refund order 7", HTTP_HOST="shop.example", HTTP_X_REQUEST_ID="r-9"))
+    _call(wrapped, _environ(body=b"refund order 8", HTTP_HOST="shop.example", HTTP_X_CANARIST_MIRRORED="true"))
+    assert seen == [True, False, True]
+    assert reporter.flush(5)
+    assert [(s["requestId"] if "requestId" in s else None, s.get("mirrored", False)) for s in judge.samples] == \
+        [("r-9", True), ("r-9", False), (None, True)]
+    # Disabled reporting still marks the request for the app.
+    marks = []
+    JudgeMiddleware(lambda e, sr: (marks.append(e["canarist.mirrored"]), echo_app(e, sr))[1],
+                    JudgeReporter(None))(_environ(HTTP_HOST="x-shadow"), lambda *a: (lambda d: None))
+    assert marks == [True]

@@ -144,7 +144,7 @@ def test_ingest_score_and_verdict_numbers_are_exact():
             assert v == {
                 "release": R, "variant": "canary", "revision": None,
                 "since": "2026-11-27T10:00:00Z", "until": "2026-11-27T11:00:00Z",
-                "ingested": 4, "sampled": 4, "judged": 4, "pending": 0, "errors": 0, "skippedBudget": 0,
+                "ingested": 4, "sampled": 4, "judged": 4, "pending": 0, "errors": 0, "skippedBudget": 0, "mirrored": 0,
                 "meanScore": pytest.approx(0.65), "ci95": [pytest.approx(ci[0]), pytest.approx(ci[1])],
                 "sumScores": pytest.approx(2.6), "sumSquares": pytest.approx(0.81 + 0.64 + 0.49 + 0.04),
                 "passMark": 0.5, "failed": 1,
@@ -230,8 +230,8 @@ def test_pairwise_wins_and_losses_from_both_sides():
             samples = []
             for i, (p, c) in enumerate([(0.2, 0.9), (0.3, 0.8), (0.9, 0.1), (0.5, 0.5), (0.1, 0.7)]):
                 samples += [s("primary", f"q{i}", f"{p} primary", ts=i), s("canary", f"q{i}", f"{c} canary", ts=i)]
-            samples.append(s("canary", "q-out", "0.9 c", ts=7200))
-            samples.append(s("primary", "q-out", "0.1 p", ts=5))   # pair counted by the canary's time: out
+            samples.append(s("canary", "q-out", "0.9 c", ts=3610))
+            samples.append(s("primary", "q-out", "0.1 p", ts=3550))  # 60 s apart: paired; counted by the canary's time: out
             await post(client, {"samples": samples})
             await service.wait_idle()
             assert all(a.endswith("primary") and b.endswith("canary") for _, a, b in scorer.compared[:5])
@@ -287,6 +287,8 @@ BAD_SAMPLES = [
     ({**s(), "request": "é" * (32 * 1024 + 1)}, "request: is 65538 bytes"),
     ({**s(), "reponse": "typo"}, "reponse: unknown field"),
     ({**s(), "timestamp": "yesterday"}, "timestamp: must be an RFC 3339 timestamp"),
+    ({**s(), "mirrored": "yes"}, "mirrored: must be true or false"),
+    ({**s(), "mirrored": 1}, "mirrored: must be true or false"),
     ({**s(), "timestamp": "2026-11-27T10:00:00"}, "timestamp: must be an RFC 3339 timestamp with a time zone"),
     ({**s(), "timestamp": "2026-13-27T10:00:00Z"}, "timestamp: not a valid date"),
     ({**s(), "segment": "x" * 1025}, "segment: is 1025 characters long, at most 1024"),
@@ -403,7 +405,7 @@ def test_export_lines_are_the_failed_samples_with_the_other_answer():
                 "fingerprint": fingerprint("What is 2 + 2?"), "release": R, "variant": "canary",
                 "revision": "new1", "request": " What is 2 +  2?", "response": "0.1 5", "otherResponse": "0.9 4",
                 "score": 0.1, "reason": "graded 0.1 5", "requestId": "r1", "traceId": "t1", "segment": "eu",
-                "timestamp": at(2),
+                "timestamp": at(2), "mirrored": False,
             }
             assert [(x["variant"], x["response"], x["otherResponse"]) for x in lines[1:]] == \
                 [("canary", "0.3 9", "0.2 7"), ("primary", "0.2 7", "0.3 9")]

@@ -321,7 +321,7 @@ def test_a_version_1_database_gets_the_completion_columns_and_its_complete_pairs
     try:
         columns = {row["name"] for row in upgraded._db.execute("PRAGMA table_info(pairs)")}
         assert {"completed_seq", "completed_at"} <= columns
-        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
         page = upgraded.pairs_after(R)
         assert [p.fingerprint for p in page.pairs] == [fingerprint("q1"), fingerprint("q0")]
         assert [p.completed_at for p in page.pairs] == [200, 300]
@@ -350,3 +350,88 @@ def test_the_stream_queries_use_its_indexes(db):
     assert {sql[:20] for sql in plans} == {"UPDATE pairs SET com", "SELECT max(completed", "SELECT p.completed_s"}
     assert not [plan for plan in plans.values() if "SCAN" in plan], plans
     assert all("pairs_completed" in plan or "pairs_stream" in plan for plan in plans.values()), plans
+
+
+# -- pairing: by request id first, then by input within the window --------------------------------
+
+def partners(db: Storage) -> set[tuple[str | None, str | None]]:
+    """(primary's request id, canary's request id) of every pair."""
+    rows = db._db.execute("SELECT s.request_id, c.request_id FROM pairs p JOIN samples s ON s.id = p.primary_id"
+                          " JOIN samples c ON c.id = p.canary_id").fetchall()
+    return {(a, b) for a, b in rows}
+
+
+def test_request_ids_pair_the_answers_to_the_very_same_request_among_repeated_inputs(db):
+    # Three users ask the same question; the mirror's copies come back in another order, later.
+    db.insert_samples([sample("primary", "reset my password", ts=t * S, request_id=f"r{t}") for t in (1, 2, 3)])
+    db.insert_samples([sample("canary", "reset my password", ts=t * S, request_id=f"r{rid}", mirrored=True)
+                       for t, rid in ((4, 3), (5, 1), (6, 2))])
+    assert partners(db) == {("r1", "r1"), ("r2", "r2"), ("r3", "r3")}
+
+
+def test_unique_inputs_pair_one_to_one(db):
+    db.insert_samples([sample("primary", f"question {i}", ts=i * S, request_id=f"q{i}") for i in range(50)])
+    db.insert_samples([sample("canary", f"question {i}", ts=(i + 1) * S, request_id=f"q{i}", mirrored=True)
+                       for i in reversed(range(50))])
+    assert partners(db) == {(f"q{i}", f"q{i}") for i in range(50)}
+
+
+def test_a_request_id_reused_for_another_input_does_not_pair_two_inputs(db):
+    db.insert_samples([sample("primary", "what is 2+2", ts=1 * S, request_id="same")])
+    db.insert_samples([sample("canary", "delete my account", ts=2 * S, request_id="same")])
+    assert partners(db) == set()
+
+
+def test_an_answer_to_another_request_waits_for_its_own_partner(db):
+    db.insert_samples([sample("primary", "hi", ts=1 * S, request_id="a")])
+    db.insert_samples([sample("canary", "hi", ts=2 * S, request_id="b")])   # another request's copy
+    assert partners(db) == set()
+    db.insert_samples([sample("canary", "hi", ts=3 * S, request_id="a")])
+    db.insert_samples([sample("primary", "hi", ts=4 * S)])                  # no id: pairs by input
+    assert partners(db) == {("a", "a"), (None, "b")}
+
+
+def test_without_request_ids_the_same_input_pairs_within_the_window_only(tmp_path):
+    storage = Storage(":memory:", pair_window_us=60 * S)
+    try:
+        storage.insert_samples([sample("primary", "q", ts=0), sample("canary", "q", ts=61 * S)])
+        assert partners(storage) == set(), "61 s apart: beyond the 60 s window"
+        storage.insert_samples([sample("primary", "q", ts=100 * S)])
+        assert len(partners(storage)) == 1, "39 s from the canary's answer: paired"
+    finally:
+        storage.close()
+    with pytest.raises(ValueError):
+        Storage(":memory:", pair_window_us=0)
+
+
+def test_mirrored_is_kept_counted_and_streamed(db):
+    db.insert_samples([sample("primary", "q", ts=1 * S, request_id="r"),
+                       sample("canary", "q", ts=2 * S, request_id="r", mirrored=True),
+                       sample("canary", "other", ts=3 * S, status="unsampled", mirrored=True)])
+    assert db.counts(R, "canary", 0, 10 * S).mirrored == 2
+    assert db.counts(R, "primary", 0, 10 * S).mirrored == 0
+    (pair_id,) = db.pending_pair_ids()
+    pair = db.get_pair(pair_id)
+    db.finish_sample(pair.primary_id, "scored", score=0.9)
+    db.finish_sample(pair.canary_id, "scored", score=0.2)
+    db.finish_pair(pair_id, "done", winner="primary")
+    assert [p.mirrored for p in db.pairs_after(R).pairs] == [True]
+
+
+def test_a_version_2_database_gets_the_mirrored_column_and_keeps_its_data(tmp_path):
+    path = str(tmp_path / "judge.db")
+    old = Storage(path)
+    old.insert_samples([sample("primary", "q", ts=1 * S), sample("canary", "q", ts=2 * S)])
+    old.close()
+    with sqlite3.connect(path) as raw:
+        raw.executescript("DROP INDEX samples_unpaired_request; ALTER TABLE samples DROP COLUMN mirrored;"
+                          " PRAGMA user_version = 2;")
+    upgraded = Storage(path)
+    try:
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert upgraded.counts(R, "canary", 0, 10 * S).ingested == 1
+        assert len(partners(upgraded)) == 1
+        upgraded.insert_samples([sample("canary", "new", ts=3 * S, mirrored=True)])
+        assert upgraded.counts(R, "canary", 0, 10 * S).mirrored == 1
+    finally:
+        upgraded.close()

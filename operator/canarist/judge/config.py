@@ -129,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_bytes", "--max-body-bytes", _int(1024), "largest POST /v1/samples body accepted", "BYTES"),
     Option("shutdown_grace", "--shutdown-grace", _float(0.0),
            "seconds in-flight LLM calls may finish on SIGTERM (unfinished work resumes on restart)", "SECONDS"),
+    Option("pair_window", "--pair-window", _float(0.0, lo_open=True),
+           "seconds within which answers to the same input without a common request id are paired", "SECONDS"),
 )
 _BY_FIELD = {opt.field: opt for opt in OPTIONS}
 
@@ -152,6 +154,7 @@ class JudgeConfig:
     queue_size: int = 1000
     max_body_bytes: int = 64 * 1024 * 1024
     shutdown_grace: float = 5.0
+    pair_window: float = 120.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -28,6 +28,20 @@ the reporter with one logged error instead, so monitoring configuration cannot c
 it); a daemon thread posts batches as `{"samples": [...]}` to `POST /v1/samples` with a short
 timeout. Failures are counted in `.stats` and logged at most once a minute. `JudgeMiddleware`
 does the same for any WSGI application without touching its code.
+
+Shadow traffic. In a shadow phase the gateway mirrors copies of real requests to the canary; the
+canary's answers reach no user and are judged against the primary's answers to the same request.
+The headers that matter:
+
+- `X-Request-Id` pairs the two answers: report it as `request_id` (the middleware does). Envoy
+  generates one and the mirror carries the same value; elsewhere set it in your app or gateway.
+  Without it, the judge pairs answers to the same input close in time.
+- A mirrored request is marked by the gateway: Envoy-based gateways (Envoy Gateway, Istio,
+  Contour) append `-shadow` to the Host/authority (`bot.example.com-shadow`, before any port);
+  meshes that mark it otherwise can send `X-Canarist-Mirrored: true`. `is_mirrored()` reads both;
+  report such answers with `mirrored=True`. A mirrored request must not act twice in the world (an
+  e-mail sent, a tool call that writes): check `is_mirrored()`, or `environ["canarist.mirrored"]`
+  under the middleware, before any side effect.
 """
 
 from __future__ import annotations
@@ -45,7 +59,7 @@ import weakref
 from collections import deque
 from datetime import datetime, timezone
 
-__all__ = ["JudgeMiddleware", "JudgeReporter", "default_extract"]
+__all__ = ["JudgeMiddleware", "JudgeReporter", "default_extract", "is_mirrored"]
 
 # A fixed name, so that a vendored copy logs under the same logger as the installed one.
 log = logging.getLogger("canarist.judge.reporter")
@@ -60,6 +74,35 @@ MAX_POST_BYTES = 1_000_000   # below common server body limits (aiohttp's defaul
 LOG_EVERY = 60.0             # seconds between two warnings about failed or dropped samples
 USER_AGENT = "canarist-judge-reporter/1"
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+MIRRORED_HEADER = "X-Canarist-Mirrored"
+SHADOW_SUFFIX = "-shadow"
+
+
+def is_mirrored(host: str | None, headers=None) -> bool:
+    """True when a request is a mirrored copy (shadow traffic) rather than a user's: its Host ends in
+    `-shadow` (before any port), as Envoy-based gateways mark it, or `X-Canarist-Mirrored` is true.
+
+    `headers`: any mapping with `.get` (case-insensitive ones such as http.server's or
+    requests' work with the canonical name; WSGI environs are read by the middleware).
+    """
+    if host:
+        name = host.strip().lower()
+        if name.startswith("["):  # an IPv6 literal: "[::1]:8080"
+            name = name[1:].partition("]")[0]
+        else:
+            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        if name.endswith(SHADOW_SUFFIX):
+            return True
+    if headers is not None:
+        try:
+            value = headers.get(MIRRORED_HEADER) or headers.get(MIRRORED_HEADER.lower())
+        except Exception:  # noqa: BLE001 - a strange mapping must not fail the request
+            value = None
+        if value is not None and str(value).strip().lower() in ("true", "1", "yes"):
+            return True
+    return False
 
 
 def _setting(explicit, env: str) -> tuple[str | None, str]:
@@ -205,8 +248,10 @@ class JudgeReporter:
             return dict(self._counts)
 
     def report(self, request: str, response: str, *, request_id: str | None = None,
-               trace_id: str | None = None, segment: str | None = None) -> bool:
-        """Queue one sample; True if queued. Never blocks on the judge and never raises."""
+               trace_id: str | None = None, segment: str | None = None, mirrored: bool = False) -> bool:
+        """Queue one sample; True if queued. Never blocks on the judge and never raises.
+
+        `mirrored`: the answer was to a mirrored copy of a request (see is_mirrored()), which no user saw."""
         if self.url is None:
             return False
         try:
@@ -228,6 +273,8 @@ class JudgeReporter:
                     sample["traceId"] = str(trace_id)
                 if segment is not None:
                     sample["segment"] = str(segment)
+                if mirrored:
+                    sample["mirrored"] = True
                 self._buffer.append((queued_at, now, sample))
                 self._queued += 1
                 if self._thread is None:
@@ -522,7 +569,9 @@ class JudgeMiddleware:
     thread after the last chunk, so it should be cheap. Only 2xx answers are reported unless
     `report_errors` (failures already show in error-rate metrics), and answers with a
     Content-Encoding (gzip...) are skipped. `X-Request-Id` and a W3C `traceparent` header become
-    the sample's `requestId` and `traceId`.
+    the sample's `requestId` and `traceId`. A mirrored request (see is_mirrored()) is reported as
+    such, and `environ["canarist.mirrored"]` tells the application before it runs, so that it can
+    skip side effects for it.
     """
 
     def __init__(self, app, reporter: JudgeReporter, extract=None, *, max_body: int = MAX_TEXT_BYTES,
@@ -533,6 +582,11 @@ class JudgeMiddleware:
         self._warned_at: float | None = None
 
     def __call__(self, environ, start_response):
+        try:
+            environ["canarist.mirrored"] = is_mirrored(
+                environ.get("HTTP_HOST"), {MIRRORED_HEADER: environ.get("HTTP_X_CANARIST_MIRRORED")})
+        except Exception:  # noqa: BLE001 - never fail the request over a marking
+            environ["canarist.mirrored"] = False
         if not self.reporter.enabled:
             return self.app(environ, start_response)
         request_body, response_body = _Capture(self.max_body), _Capture(self.max_body)
@@ -576,7 +630,7 @@ class JudgeMiddleware:
             if len(traceparent) == 4 and len(traceparent[1]) == 32:
                 trace_id = traceparent[1]
             self.reporter.report(request, response, request_id=environ.get("HTTP_X_REQUEST_ID") or None,
-                                 trace_id=trace_id)
+                                 trace_id=trace_id, mirrored=bool(environ.get("canarist.mirrored")))
         except Exception as exc:  # noqa: BLE001 - a bad extract() must not fail the request
             now = time.monotonic()
             if self._warned_at is None or now - self._warned_at >= LOG_EVERY:

@@ -57,7 +57,7 @@ MAX_PAIRS_LIMIT = 5000
 _OUTCOMES = {"canary": "win", "primary": "loss", "tie": "tie"}  # GET /v1/pairs: the canary's point of view
 VARIANTS = ("primary", "canary")
 REQUIRED_FIELDS = ("release", "variant", "request", "response")
-OPTIONAL_FIELDS = ("revision", "requestId", "traceId", "segment", "timestamp")
+OPTIONAL_FIELDS = ("revision", "requestId", "traceId", "segment", "timestamp", "mirrored")
 SAMPLE_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 # namespace: a DNS-1123 label; name: a DNS-1123 subdomain (what Kubernetes accepts for both).
 _RELEASE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -139,6 +139,7 @@ class SampleIn:
     trace_id: str | None = None
     segment: str | None = None
     timestamp: int | None = None  # microseconds since the epoch; None = time of ingest
+    mirrored: bool = False        # an answer to a mirrored copy of a request (the shadow phase)
 
 
 def _parse_sample(obj: Any, path: str) -> SampleIn:
@@ -167,9 +168,13 @@ def _parse_sample(obj: Any, path: str) -> SampleIn:
             value = _check_text(value, f"{prefix}{name}", limit_chars=MAX_LABEL_CHARS) or None
         labels[name] = value
     ts = obj.get("timestamp")
+    mirrored = obj.get("mirrored")
+    if mirrored is not None and not isinstance(mirrored, bool):
+        raise ValidationError(f"{prefix}mirrored: must be true or false (true: the answer to a mirrored copy of "
+                              f"a request, which no user saw), got {mirrored!r}")
     return SampleIn(release=release, variant=variant, request=request, response=response,
                     revision=labels["revision"], request_id=labels["requestId"], trace_id=labels["traceId"],
-                    segment=labels["segment"],
+                    segment=labels["segment"], mirrored=bool(mirrored),
                     timestamp=None if ts is None else parse_time(ts, f"{prefix}timestamp"))
 
 
@@ -310,7 +315,7 @@ class JudgeService:
             rows.append(NewSample(release=s.release, variant=s.variant, request=s.request, response=s.response,
                                   fingerprint=fp, ts=now if s.timestamp is None else s.timestamp, status=status,
                                   revision=s.revision, request_id=s.request_id, trace_id=s.trace_id,
-                                  segment=s.segment))
+                                  segment=s.segment, mirrored=s.mirrored))
         result = self.storage.insert_samples(rows, ingested_at=now, exhausted=exhausted)
         for row in rows:
             self.metrics.ingested.labels(row.release, row.variant).inc()
@@ -433,6 +438,7 @@ class JudgeService:
             "since": format_time(since), "until": format_time(until),
             "ingested": counts.ingested, "sampled": counts.sampled, "judged": counts.judged,
             "pending": counts.pending, "errors": counts.errors, "skippedBudget": counts.skipped_budget,
+            "mirrored": counts.mirrored,
             "meanScore": summary.mean, "ci95": list(summary.ci95) if summary.ci95 else None,
             "sumScores": summary.sum_scores, "sumSquares": summary.sum_squares,
             "passMark": self.config.pass_mark, "failed": summary.failed,
@@ -450,7 +456,8 @@ class JudgeService:
         return {
             "pairs": [{"id": p.seq, "at": format_time(p.completed_at), "fingerprint": p.fingerprint,
                        "primaryScore": p.primary_score, "canaryScore": p.canary_score,
-                       "outcome": _OUTCOMES.get(p.winner) if p.winner else None, "segment": p.segment}
+                       "outcome": _OUTCOMES.get(p.winner) if p.winner else None, "segment": p.segment,
+                       "mirrored": p.mirrored}
                       for p in page.pairs],
             "cursor": f"{self.storage.database_id}.{page.cursor}",
             "more": page.more,
@@ -478,7 +485,7 @@ class JudgeService:
                 "revision": row["revision"], "request": row["request"], "response": row["response"],
                 "otherResponse": row["other_response"], "score": row["score"], "reason": row["reason"],
                 "requestId": row["request_id"], "traceId": row["trace_id"], "segment": row["segment"],
-                "timestamp": format_time(row["ts"]),
+                "timestamp": format_time(row["ts"]), "mirrored": bool(row["mirrored"]),
             }
             yield (json.dumps(case, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -652,7 +659,7 @@ def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
     app = web.Application(client_max_size=config.max_body_bytes)
 
     async def lifecycle(app: web.Application):
-        storage = Storage(config.db)
+        storage = Storage(config.db, pair_window_us=round(config.pair_window * 1_000_000))
         try:
             service = JudgeService(config, scorer if scorer is not None else build_scorer(config), storage,
                                    registry=registry)

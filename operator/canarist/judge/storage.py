@@ -33,7 +33,9 @@ __all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "Compl
 
 # 2: pairs.completed_seq/completed_at and the meta table. A judge of version 1 must not open such a
 # database: it would complete pairs without a sequence number, and GET /v1/pairs would never show them.
-SCHEMA_VERSION = 2
+# 3: samples.mirrored (answers to mirrored copies of requests, the shadow phase).
+SCHEMA_VERSION = 3
+DEFAULT_PAIR_WINDOW_US = 120 * 1_000_000  # answers to one input further apart than this are not paired by it
 Variant = Literal["primary", "canary"]
 SampleStatus = Literal["unsampled", "pending", "scored", "error", "skipped_budget"]
 
@@ -59,7 +61,8 @@ CREATE TABLE IF NOT EXISTS samples (
     error        TEXT,
     tokens       INTEGER NOT NULL DEFAULT 0,
     finished_at  INTEGER,
-    pair_id      INTEGER REFERENCES pairs(id)
+    pair_id      INTEGER REFERENCES pairs(id),
+    mirrored     INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1))
 );
 -- The verdict query: one release and variant over a time window.
 CREATE INDEX IF NOT EXISTS samples_verdict ON samples (release, variant, ts);
@@ -104,6 +107,9 @@ CREATE TABLE IF NOT EXISTS meta (
 _INDEXES_V2 = (
     "CREATE UNIQUE INDEX IF NOT EXISTS pairs_completed ON pairs (completed_seq) WHERE completed_seq IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS pairs_stream ON pairs (release, completed_seq) WHERE completed_seq IS NOT NULL",
+    # Pairing by request id: the other variant's unpaired answer to the very same request.
+    "CREATE INDEX IF NOT EXISTS samples_unpaired_request ON samples (release, request_id, variant)"
+    " WHERE sampled = 1 AND pair_id IS NULL AND request_id IS NOT NULL",
 )
 _FINAL = "('scored', 'error', 'skipped_budget')"  # sample statuses that never change again
 
@@ -127,6 +133,7 @@ class NewSample:
     request_id: str | None = None
     trace_id: str | None = None
     segment: str | None = None
+    mirrored: bool = False  # the answer to a mirrored copy of a request, which no user saw
 
     @property
     def sampled(self) -> bool:
@@ -182,6 +189,7 @@ class CompletedPair:
     canary_score: float | None
     winner: str | None           # None unless the comparison was done
     segment: str | None          # the canary sample's, else the primary's
+    mirrored: bool = False       # the canary's answer was to a mirrored request (the shadow phase)
 
 
 @dataclass(frozen=True)
@@ -199,13 +207,17 @@ class Counts:
     pending: int
     errors: int
     skipped_budget: int
+    mirrored: int = 0
 
 
 class Storage:
     """All the service's reads and writes. `path` is a file path or ":memory:"."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, pair_window_us: int = DEFAULT_PAIR_WINDOW_US) -> None:
+        if pair_window_us <= 0:
+            raise ValueError(f"pair_window_us must be positive, got {pair_window_us}")
         self.path = str(path)
+        self.pair_window_us = pair_window_us
         self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 5000")
@@ -226,9 +238,11 @@ class Storage:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
-        """Bring a version 1 database up to date; a no-op on a current one. Inside the caller's transaction."""
+        """Bring an older database up to date; a no-op on a current one. Inside the caller's transaction."""
         # The id tells a cursor of this database from one of a database that replaced it.
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (secrets.token_hex(8),))
+        if "mirrored" not in {row["name"] for row in db.execute("PRAGMA table_info(samples)")}:
+            db.execute("ALTER TABLE samples ADD COLUMN mirrored INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1))")
         columns = {row["name"] for row in db.execute("PRAGMA table_info(pairs)")}
         if "completed_seq" in columns:
             return
@@ -278,8 +292,11 @@ class Storage:
         """Store a batch in one transaction and pair each sampled answer with the other variant's.
 
         A sampled sample is paired with the unpaired sampled answer of the other variant to the
-        same input (release and fingerprint) nearest to it in time; every sample is in at most
-        one pair. A new pair of a release in `exhausted` is `skipped_budget`, otherwise pending.
+        very same request: same release, request id and input, whatever their times (a mirrored
+        copy carries the original's request id). Failing that, with the other variant's unpaired
+        sampled answer to the same input nearest in time within the pair window, unless that one
+        belongs to another request (both have request ids, and they differ). Every sample is in at
+        most one pair. A new pair of a release in `exhausted` is `skipped_budget`, otherwise pending.
         """
         ingested_at = now_us() if ingested_at is None else ingested_at
         new_samples: list[int] = []
@@ -289,18 +306,18 @@ class Storage:
             for s in samples:
                 sid = db.execute(
                     "INSERT INTO samples (release, variant, revision, request, response, fingerprint,"
-                    " request_id, trace_id, segment, ts, ingested_at, sampled, status)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " request_id, trace_id, segment, ts, ingested_at, sampled, status, mirrored)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (s.release, s.variant, s.revision, s.request, s.response, s.fingerprint,
-                     s.request_id, s.trace_id, s.segment, s.ts, ingested_at, int(s.sampled), s.status),
+                     s.request_id, s.trace_id, s.segment, s.ts, ingested_at, int(s.sampled), s.status,
+                     int(s.mirrored)),
                 ).lastrowid
                 if not s.sampled:
                     continue
                 sampled += 1
                 if s.status == "pending":
                     new_samples.append(sid)
-                other = self._nearest_unpaired(s.release, s.fingerprint,
-                                               "primary" if s.variant == "canary" else "canary", s.ts)
+                other = self._partner(s, "primary" if s.variant == "canary" else "canary")
                 if other is None:
                     continue
                 other_id, other_ts = other
@@ -320,10 +337,26 @@ class Storage:
                     self._complete_if_final(db, pid, ingested_at)
         return IngestResult(len(samples), sampled, tuple(new_samples), tuple(new_pairs))
 
-    def _nearest_unpaired(self, release: str, fp: str, variant: str, ts: int) -> tuple[int, int] | None:
+    def _partner(self, s: NewSample, variant: str) -> tuple[int, int] | None:
+        """(id, ts) of the sample `s` pairs with, if any (see insert_samples)."""
+        if s.request_id is not None:
+            row = self._db.execute(
+                "SELECT id, ts FROM samples WHERE release = ? AND request_id = ? AND variant = ?"
+                " AND sampled = 1 AND pair_id IS NULL AND request_id IS NOT NULL AND fingerprint = ?"
+                " ORDER BY abs(ts - ?), id LIMIT 1", (s.release, s.request_id, variant, s.fingerprint, s.ts)).fetchone()
+            if row is not None:
+                return row["id"], row["ts"]
+        return self._nearest_unpaired(s.release, s.fingerprint, variant, s.ts, s.request_id)
+
+    def _nearest_unpaired(self, release: str, fp: str, variant: str, ts: int,
+                          request_id: str | None = None) -> tuple[int, int] | None:
         where = ("FROM samples WHERE release = ? AND fingerprint = ? AND variant = ?"
-                 " AND sampled = 1 AND pair_id IS NULL")
-        args = (release, fp, variant, ts)
+                 " AND sampled = 1 AND pair_id IS NULL AND ts BETWEEN ? AND ?")
+        if request_id is not None:
+            # An answer to another request waits for its own partner, which may still come.
+            where += " AND (request_id IS NULL OR request_id = ?)"
+        window = (ts - self.pair_window_us, ts + self.pair_window_us)
+        args = (release, fp, variant, *window, *((request_id,) if request_id is not None else ()), ts)
         before = self._db.execute(f"SELECT id, ts {where} AND ts <= ? ORDER BY ts DESC, id LIMIT 1", args).fetchone()
         after = self._db.execute(f"SELECT id, ts {where} AND ts > ? ORDER BY ts, id LIMIT 1", args).fetchone()
         candidates = [row for row in (before, after) if row is not None]
@@ -464,7 +497,7 @@ class Storage:
             return PairPage([], after, False)
         sql = ("SELECT p.completed_seq, p.completed_at, p.fingerprint, p.status, p.winner,"
                " s.status AS p_status, s.score AS p_score, c.status AS c_status, c.score AS c_score,"
-               " coalesce(c.segment, s.segment) AS segment"
+               " coalesce(c.segment, s.segment) AS segment, c.mirrored AS mirrored"
                " FROM pairs p JOIN samples s ON s.id = p.primary_id JOIN samples c ON c.id = p.canary_id"
                " WHERE p.release = ? AND p.completed_seq > ? AND p.completed_seq <= ?")
         args: list = [release, after, end]
@@ -483,7 +516,8 @@ class Storage:
         pairs = [CompletedPair(seq=r["completed_seq"], completed_at=r["completed_at"], fingerprint=r["fingerprint"],
                                primary_score=r["p_score"] if r["p_status"] == "scored" else None,
                                canary_score=r["c_score"] if r["c_status"] == "scored" else None,
-                               winner=r["winner"] if r["status"] == "done" else None, segment=r["segment"])
+                               winner=r["winner"] if r["status"] == "done" else None, segment=r["segment"],
+                               mirrored=bool(r["mirrored"]))
                  for r in rows]
         return PairPage(pairs, pairs[-1].seq if more else end, more)
 
@@ -512,7 +546,7 @@ class Storage:
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(s.sampled), 0), coalesce(sum(s.status = 'scored'), 0),"
             " coalesce(sum(s.status = 'pending'), 0), coalesce(sum(s.status = 'error'), 0),"
-            " coalesce(sum(s.status = 'skipped_budget'), 0)"
+            " coalesce(sum(s.status = 'skipped_budget'), 0), coalesce(sum(s.mirrored), 0)"
             f" FROM samples s WHERE s.release = ?{where}", [release, *args]).fetchone()
         return Counts(*(int(v) for v in row))
 
@@ -551,7 +585,7 @@ class Storage:
         while True:
             rows = self._db.execute(
                 "SELECT s.id, s.fingerprint, s.release, s.variant, s.revision, s.request, s.response,"
-                " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id"
+                " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id, s.mirrored"
                 f" FROM samples s WHERE s.release = ?{where} AND s.status = 'scored' AND s.score < ?"
                 " AND (s.ts, s.id) > (?, ?) ORDER BY s.ts, s.id LIMIT ?",
                 [release, *args, pass_mark, *last, page]).fetchall()

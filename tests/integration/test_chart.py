@@ -40,7 +40,10 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "create", "update", "delete"},
 }
 # Read-only and cluster-wide, for kopf's own observation of the cluster (rbac.discovery).
-DISCOVERY_RULES_ALL_NAMESPACES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+DISCOVERY_RULES_ALL_NAMESPACES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+                                  # the shadow phase checks that the route's Gateway can mirror
+                                  ("gateway.networking.k8s.io", "gateways"): {"get"},
+                                  ("gateway.networking.k8s.io", "gatewayclasses"): {"get"}}
 DISCOVERY_RULES_WATCH_NAMESPACES = {**DISCOVERY_RULES_ALL_NAMESPACES, ("", "namespaces"): {"list", "watch"}}
 
 # What the operator must never be able to do, in any namespace it manages.

@@ -100,6 +100,11 @@ def test_valid_manifest_is_accepted_with_defaults(stack, namespace, crd_installe
     ({"analysis__holdTimeout": "0m"}, ["spec.analysis.holdTimeout", "analysis.holdTimeout must be greater than 0s"]),
     ({"analysis__judge": {"url": "http://judge", "minScore": 0.8, "timeout": "0s"}},
      ["spec.analysis.judge.timeout", "analysis.judge.timeout must be greater than 0s"]),
+    ({"shadow": {"percent": 0}}, ["spec.shadow.percent", "greater than or equal to 1"]),
+    ({"shadow": {"percent": 101}}, ["spec.shadow.percent", "less than or equal to 100"]),
+    ({"shadow": {"mirror": "Envoy"}}, ["spec.shadow.mirror", "Unsupported value", "Route", "External"]),
+    ({"shadow": {"minDuration": "soon"}}, ["spec.shadow.minDuration", "should match"]),
+    ({"shadow": {"minPairs": -1}}, ["spec.shadow.minPairs", "greater than or equal to 0"]),
 ])
 def test_invalid_manifests_are_rejected_naming_the_field(stack, namespace, crd_installed, changes, expected):
     manifest = with_spec(**changes)

@@ -213,3 +213,65 @@ def test_real_404_bodies_are_classified(kube_client, namespace, custom):
         custom.get_namespaced_custom_object("nothing.canarist.dev", "v1", namespace, "things", "nope")
     assert is_missing_object(missing_route.value)
     assert missing_group.value.status == 404 and not is_missing_object(missing_group.value)
+
+
+# -- mirroring (the shadow phase) ------------------------------------------------------------------
+
+
+def make_gateway(custom, namespace: str, features: list[str] | None) -> list[dict]:
+    """A Gateway of a class of its own whose status lists `features` (None: lists nothing), as a
+    controller would publish them; no controller runs for it, so nobody overwrites the status."""
+    class_name = f"mirror-test-{namespace}"
+    custom.create_cluster_custom_object(GROUP, VERSION, "gatewayclasses", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "GatewayClass", "metadata": {"name": class_name},
+        "spec": {"controllerName": "example.com/no-controller"}})
+    if features is not None:
+        custom.patch_cluster_custom_object_status(GROUP, VERSION, "gatewayclasses", class_name, {
+            "status": {"supportedFeatures": [{"name": f} for f in sorted(features)]}})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "gateways", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Gateway", "metadata": {"name": "gw"},
+        "spec": {"gatewayClassName": class_name, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}})
+    return [{"name": "gw"}]
+
+
+def mirror_router(kube_client, namespace: str, parents: list[dict], owner: str = "bot-release") -> GatewayAPIRouter:
+    return GatewayAPIRouter(kube_client, namespace, "bot", make_owner(kube_client, namespace, owner), parents,
+                            ["bot.example.com"], MATCHES, 8080, "bot-primary", "bot-canary")
+
+
+def test_a_mirroring_gateway_gets_a_request_mirror_filter_the_apiserver_accepts(kube_client, namespace, custom):
+    parents = make_gateway(custom, namespace, ["HTTPRouteRequestMirror", "HTTPRouteQueryParamMatching"])
+    router = mirror_router(kube_client, namespace, parents)
+    assert router.mirror_problem() is None
+    router.ensure(100, 0, 25)
+    rule = get_route(custom, namespace)["spec"]["rules"][0]
+    assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"group": "", "kind": "Service", "name": "bot-canary", "port": 8080}, "percent": 25}}]
+    assert [(r["name"], r["weight"]) for r in rule["backendRefs"]] == [("bot-primary", 100), ("bot-canary", 0)]
+    assert router.get_route() == (100, 0, 25)
+    writes = count_writes(router)
+    router.ensure(100, 0, 25)
+    assert writes == [], "the server's defaults in the filter do not read as a change"
+    router.ensure(99, 1)
+    assert router.get_route() == (99, 1, 0) and "filters" not in get_route(custom, namespace)["spec"]["rules"][0]
+    router.ensure(100, 0, 25)
+    assert router.reweight(100, 0) and router.get_route() == (100, 0, 0), "the way back drops the mirror"
+
+
+def test_a_gateway_that_does_not_list_mirroring_never_gets_the_filter(kube_client, namespace, custom):
+    parents = make_gateway(custom, namespace, ["HTTPRouteQueryParamMatching"])
+    router = mirror_router(kube_client, namespace, parents)
+    router.ensure(100, 0)
+    problem = router.mirror_problem()
+    assert problem is not None and problem.startswith("spec.shadow.mirror:")
+    assert "HTTPRouteRequestMirror" in problem and "External" in problem
+    with pytest.raises(gatewayapi.RoutingError, match="HTTPRouteRequestMirror"):
+        router.ensure(100, 0, 50)
+    assert router.get_route() == (100, 0, 0) and "filters" not in get_route(custom, namespace)["spec"]["rules"][0]
+
+
+def test_a_class_that_lists_no_features_or_a_missing_gateway_counts_as_no_mirror(kube_client, namespace, custom):
+    silent = mirror_router(kube_client, namespace, make_gateway(custom, namespace, None))
+    assert "lists no supportedFeatures" in (silent.mirror_problem() or "")
+    missing = mirror_router(kube_client, namespace, [{"name": "nowhere"}], owner="other-release")
+    assert f"Gateway {namespace}/nowhere was not found" in (missing.mirror_problem() or "")

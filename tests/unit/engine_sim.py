@@ -53,6 +53,9 @@ class Sim:
     template: str | None = None  # the target's pod template hash (default: its revision)
     config: tuple = ()  # the target's tracked ConfigMaps and Secrets (TrackedConfig)
     history: list[Decision] = field(default_factory=list)
+    mirror: int = 0  # percent of requests the route mirrors to the canary
+    mirror_problem: str | None = None  # the gateway cannot mirror
+    pairs: int | None = None  # judged shadow pairs the judge reports (with the checks)
 
     def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10, evidence=None,
              comparisons: tuple[Check, ...] | None = None) -> Decision:
@@ -68,6 +71,8 @@ class Sim:
             canary_ready=self.canary_up and not self.canary_broken and not self.canary_degraded,
             canary_available=self.canary_up and not self.canary_broken,
             routed_weight=self.route[1] if self.route else None,
+            routed_mirror=self.mirror, mirror_problem=self.mirror_problem,
+            shadow_pairs=self.pairs if due else None,
             problems=self.problems, requests=self.requests,
             checks=(checks if checks is not None else ()) if due else None,
             comparisons=comparisons if compare_due else None,
@@ -88,6 +93,7 @@ class Sim:
             if self.route_fails:
                 raise RuntimeError("HTTPRoute write failed: 500")
             self.route = (action.primary, action.canary)
+            self.mirror = action.mirror
         elif isinstance(action, ScaleCanary):
             self.canary_up = action.up
 

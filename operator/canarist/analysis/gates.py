@@ -9,11 +9,11 @@ from datetime import datetime
 import requests
 
 from canarist.api.durations import prometheus_duration
-from canarist.api.spec import Analysis
+from canarist.api.spec import Analysis, JudgeGate
 from canarist.api.status import Check, Evidence
 
 from .compare import run_comparisons
-from .judge import check_judge
+from .judge import VerdictError, check_judge, fetch_verdict
 from .prometheus import PrometheusClientCache, check_metric, check_samples
 from .sources import SourceContext
 from .templating import QueryVariables
@@ -66,3 +66,28 @@ def run_comparison_gates(analysis: Analysis, where: GateTarget, clients: GateCli
                             rollout_started_at=where.rollout_started_at, now=now)
     checks, evidence = run_comparisons(analysis.compare, previous, analysis.alpha, context, step)
     return tuple(checks), tuple(evidence)
+
+
+
+def pair_judge(analysis: Analysis) -> tuple[str, str] | None:
+    """(URL, timeout) of the judge that pairs this analysis's answers: its judge gate's, else its first
+    judge comparison's; None when it has no judge."""
+    if analysis.judge is not None:
+        return analysis.judge.url, analysis.judge.timeout
+    gate = next((g.judge for g in analysis.compare if g.judge is not None), None)
+    return None if gate is None else (gate.url, gate.timeout)
+
+
+def count_pairs(analysis: Analysis, where: GateTarget, clients: GateClients, now: datetime) -> int | None:
+    """Judged pairs (both variants' answers to one request, compared) whose canary answer came since
+    the step (the shadow) started; None when there is no judge or it cannot say."""
+    judge = pair_judge(analysis)
+    if judge is None:
+        return None
+    gate = JudgeGate(url=judge[0], timeout=judge[1], min_score=0)  # only its address and timeout are used
+    try:
+        verdict = fetch_verdict(clients.http, gate, f"{where.namespace}/{where.release}", "canary",
+                                where.step_started_at, now)
+    except VerdictError:
+        return None
+    return verdict.wins + verdict.losses + verdict.ties

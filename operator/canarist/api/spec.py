@@ -216,6 +216,28 @@ class Analysis(ApiModel):
         return gates
 
 
+class Shadow(ApiModel):
+    """Before the first step, the canary answers a mirrored copy of real requests: the primary answers
+    every user, the canary's answers are discarded for the user and judged against the primary's
+    answers to the very same requests. A failing shadow rolls back before any user sees the canary."""
+
+    percent: int = Field(default=100, ge=1, le=100, description=(
+        "Share of requests mirrored to the canary, 1 to 100. Lower it to bound the canary's load and the "
+        "judge's cost; the judge's sample rate and token budget apply to mirrored answers too."))
+    min_duration: Duration = Field(default="5m", description=(
+        "Shortest shadow phase: the first step starts no earlier, however fast the checks pass."))
+    min_pairs: int = Field(default=20, ge=0, le=1_000_000, description=(
+        "Judged pairs (the primary's and the canary's answer to the same mirrored request) the shadow "
+        "needs before it can pass; counted by the judge gate's service. 0: no pairs needed."))
+    mirror: Literal["Route", "External"] = Field(default="Route", description=(
+        "Route: canarist adds a RequestMirror filter to the HTTPRoute (needs a Gateway whose GatewayClass "
+        "lists the HTTPRouteRequestMirror feature; canarist checks it and never writes a filter the gateway "
+        "would refuse). External: something else mirrors requests to the <target>-canary Service (a mesh, a "
+        "gateway of your own); canarist only scales the canary up and judges."))
+    analysis: Analysis | None = Field(default=None, description=(
+        "The gates that decide the shadow phase; default spec.analysis, evaluated on the mirrored traffic."))
+
+
 STEPS_RULES = [
     _cel("self[size(self) - 1] == 100", "steps must end at 100"),
     _cel("self.isSorted()", "steps must increase"),
@@ -241,6 +263,9 @@ class CanaryReleaseSpec(ApiModel):
     )
     # The explicit {} default lets the API server fill in the nested defaults when analysis is omitted.
     analysis: Analysis = Field(default_factory=Analysis, json_schema_extra={"default": {}})
+    shadow: Shadow | None = Field(default=None, description=(
+        "Optional phase before the first step: the canary answers mirrored requests that no user sees, "
+        "judged against the primary's answers to the same requests."))
     suspend: bool = Field(default=False, description="Hold everything: no new rollout starts and a running one pauses.")
 
     @field_validator("steps")

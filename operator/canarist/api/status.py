@@ -11,12 +11,13 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .base import ApiModel
-from .spec import Analysis
+from .spec import Analysis, Shadow
 
 
 class Phase(str, Enum):
     INITIALIZING = "Initializing"  # creating the primary, Services and route
     IDLE = "Idle"                  # primary serves the target's revision, nothing to release
+    SHADOWING = "Shadowing"        # the canary answers mirrored requests only; no user sees its answers
     PROGRESSING = "Progressing"    # a canary walks the steps
     PAUSED = "Paused"              # a rollout held by pause or spec.suspend
     PROMOTING = "Promoting"        # the canary passed; the primary is being updated to it
@@ -111,6 +112,19 @@ class Evidence(StatusModel):
         "The sequential test's running state, so the evidence survives an operator restart."))
 
 
+class ShadowStatus(StatusModel):
+    """The shadow phase of the rollout in progress or last rolled out."""
+
+    state: Literal["Running", "Passed", "Failed"] = "Running"
+    percent: int = Field(description="Share of requests mirrored to the canary.")
+    mirror: Literal["Route", "External"] = "Route"
+    started_at: datetime | None = Field(default=None, description=(
+        "When the mirror was seen in the route (External: when the canary became Ready); its checks count from here."))
+    finished_at: datetime | None = None
+    pairs: int | None = Field(default=None, description="Judged pairs of mirrored requests so far.")
+    checks: list[Check] = Field(default_factory=list, description="The shadow's last checks: its verdicts.")
+
+
 class PendingEvent(StatusModel):
     """An Event of the last transition, recorded with it so that it is posted exactly once even when
     the operator dies between writing the status and posting it (its name comes from `key`)."""
@@ -141,6 +155,8 @@ class CanaryReleaseStatus(StatusModel):
     revisions: Revisions = Field(default_factory=Revisions)
     pinned_steps: list[int] | None = Field(default=None, description="Steps in force for the rollout in progress.")
     pinned_analysis: Analysis | None = Field(default=None, description="Analysis in force for the rollout in progress.")
+    pinned_shadow: Shadow | None = Field(default=None, description="Shadow phase in force for the rollout in progress.")
+    shadow: ShadowStatus | None = Field(default=None, description="Where the rollout's shadow phase stands.")
     rollout_started_at: datetime | None = None
     step_started_at: datetime | None = None
     hold_started_at: datetime | None = Field(default=None, description=(
@@ -187,6 +203,11 @@ class CanaryReleaseStatus(StatusModel):
         if not isinstance(value, dict):
             return value
         return _known_fields(Analysis, value)
+
+    @field_validator("pinned_shadow", mode="before")
+    @classmethod
+    def _lenient_pinned_shadow(cls, value: Any) -> Any:
+        return _known_fields(Shadow, value) if isinstance(value, dict) else value
 
 
 def _known_fields(model: type[ApiModel], data: dict) -> dict:

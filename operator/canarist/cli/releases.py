@@ -18,7 +18,7 @@ import urllib3
 from canarist.api.crd import GROUP, PLURAL, VERSION
 
 ENDED = {"Succeeded", "RolledBack", "Idle"}
-ROLLING = {"Progressing", "Paused", "Promoting", "Initializing"}
+ROLLING = {"Shadowing", "Progressing", "Paused", "Promoting", "Initializing"}
 # With no rollout running, watch waits this long for one to start (a new revision takes a tick).
 SETTLE_SECONDS = 5.0
 
@@ -139,6 +139,11 @@ def steps_bar(status: dict) -> str:
         return ""
     index, weight, phase = status.get("stepIndex", 0), status.get("canaryWeight", 0), status.get("phase")
     cells = []
+    shadow = (status.get("shadow") or {}).get("state")
+    if shadow is not None:
+        cells.append({"Passed": "shadow✓", "Failed": "shadow✗"}.get(shadow, "[shadow]"))
+        if shadow != "Passed":
+            return " → ".join(cells + [f"{step}%" for step in steps])
     for i, step in enumerate(steps):
         if phase == "Succeeded" or (phase in ("Progressing", "Paused", "Promoting") and weight and i < index):
             cells.append(f"{step}%✓")
@@ -149,6 +154,23 @@ def steps_bar(status: dict) -> str:
         else:
             cells.append(f"{step}%")
     return " → ".join(cells)
+
+
+def render_shadow(status: dict) -> list[str]:
+    """The shadow phase: mirrored share, judged pairs, state, and its verdicts once it ended."""
+    shadow = status.get("shadow")
+    if not shadow:
+        return []
+    rules = status.get("pinnedShadow") or {}
+    state = shadow.get("state", "Running")
+    lines = [f"  shadow     {state}: {shadow.get('percent')}% of requests mirrored ({shadow.get('mirror', 'Route')}), "
+             f"{shadow.get('pairs') or 0} judged pairs (needs {rules.get('minPairs', '-')}, at least "
+             f"{rules.get('minDuration', '-')}); no user sees the canary's answers"]
+    if state != "Running":
+        for c in shadow.get("checks") or []:
+            lines.append(f"    verdict  {c['name']:<20} {c['result']:<8} {_value(c.get('value')):>10}"
+                         + (f"   {c['message']}" if c.get("message") else ""))
+    return lines
 
 
 def render_config(revisions: dict) -> list[str]:
@@ -180,6 +202,7 @@ def render_status(body: dict, events: list, now: datetime) -> str:
         f"  phase      {status.get('phase', 'Pending')}",
         f"  traffic    primary {100 - weight}%  canary {weight}%",
     ]
+    lines += render_shadow(status)
     if steps:
         lines.append(f"  steps      {steps_bar(status) or ' → '.join(f'{s}%' for s in steps)}")
     revisions = status.get("revisions") or {}

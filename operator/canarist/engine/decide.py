@@ -14,6 +14,12 @@ back, or pause for a person: onHoldTimeout). Intermediate steps advance as above
 the first widens the canary's share only once every rates gate's step guard holds (evidence at
 80 % that its ratio is below stepMaxRatio): a bad canary stays at a small share while the evidence
 for its rollback comes in.
+
+An optional shadow phase comes before the first step: the route keeps every user on the primary
+and mirrors a share of requests to the canary, whose answers are judged against the primary's on
+the same requests. Its checks count like a step's (with the shadow's own gates, if it declares
+them); it passes once they have passed, minDuration has gone by and the judge has minPairs judged
+pairs; a failing shadow rolls back with no user ever served by the canary.
 """
 
 from __future__ import annotations
@@ -22,32 +28,51 @@ from datetime import datetime, timedelta
 
 from canarist.api.compare import STEP_GUARD_CONFIDENCE
 from canarist.api.durations import parse_duration
-from canarist.api.spec import CanaryReleaseSpec
-from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase
+from canarist.api.spec import Analysis, CanaryReleaseSpec
+from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase, ShadowStatus
 
 from .changes import changes
 from .conditions import set_condition
 from .model import Decision, EnsureApex, EnsurePrimary, EnsureServices, Event, ScaleCanary, SetRoute, World
 from .validation import spec_problems
 
-ROLLOUT_PHASES = (Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING)
+ROLLOUT_PHASES = (Phase.SHADOWING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING)
 STEADY_PHASES = (Phase.IDLE, Phase.SUCCEEDED, Phase.ROLLED_BACK)
+
+
+def in_shadow(status: CanaryReleaseStatus) -> bool:
+    """The rollout is in its shadow phase (shadowing, or paused in it)."""
+    return status.shadow is not None and status.shadow.state == "Running"
+
+
+def active_analysis(status: CanaryReleaseStatus) -> Analysis | None:
+    """The gates in force now: the shadow's own during the shadow phase, if it declares them."""
+    if in_shadow(status) and status.pinned_shadow is not None and status.pinned_shadow.analysis is not None:
+        return status.pinned_shadow.analysis
+    return status.pinned_analysis
+
+
+def _gathering(status: CanaryReleaseStatus) -> bool:
+    """Evidence is being gathered: a step with users on the canary, or a shadow with its mirror in place."""
+    if status.phase == Phase.SHADOWING:
+        return status.shadow is not None and status.shadow.started_at is not None
+    return status.phase == Phase.PROGRESSING and status.step_weight > 0
 
 
 def analysis_due(status: CanaryReleaseStatus, now: datetime) -> bool:
     """Whether the handler should run the gates before calling decide() this tick."""
-    if status.phase != Phase.PROGRESSING or status.step_weight <= 0 or status.pinned_analysis is None:
+    analysis = active_analysis(status)
+    if not _gathering(status) or analysis is None:
         return False
     since = status.last_check_at or status.step_started_at
-    return since is None or now >= since + parse_duration(status.pinned_analysis.interval)
+    return since is None or now >= since + parse_duration(analysis.interval)
 
 
 def comparisons_due(status: CanaryReleaseStatus) -> bool:
     """Comparison gates run on every tick of a step: their evidence may be read at any time. Not at
     a 100 % step: the primary serves nobody there, so there is nothing to compare (the decision to
     get there was the promotion)."""
-    return (status.phase == Phase.PROGRESSING and 0 < status.step_weight < 100
-            and status.pinned_analysis is not None)
+    return _gathering(status) and status.step_weight < 100 and active_analysis(status) is not None
 
 
 def decide(spec: CanaryReleaseSpec, status: CanaryReleaseStatus, world: World, now: datetime,
@@ -67,6 +92,8 @@ class _Tick:
         self.s.observed_generation = generation
         self.d = Decision(status=self.s)
         self.spec_issues = spec_problems(spec)
+        if spec.shadow is not None and spec.shadow.mirror == "Route" and world.mirror_problem:
+            self.spec_issues.append(world.mirror_problem)
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -127,7 +154,8 @@ class _Tick:
             self._block_clock()
         # Never touch the stable version because of bad input; only stop sending users to a canary
         # that can no longer be trusted or that has disappeared.
-        if s.phase in ROLLOUT_PHASES and (s.step_weight > 0 or s.canary_weight > 0) and self.world.routing_available:
+        if (s.phase in ROLLOUT_PHASES and (s.step_weight > 0 or s.canary_weight > 0 or self.world.routed_mirror > 0)
+                and self.world.routing_available):
             s.step_weight = 0
             s.message += "; all traffic is back on the primary, and the steps restart from the first once this is fixed"
             self.d.actions.append(SetRoute(100, 0))
@@ -241,21 +269,25 @@ class _Tick:
             self._converge()
             return
         if s.phase == Phase.PAUSED:
-            s.phase = Phase.PROGRESSING
+            s.phase = Phase.SHADOWING if in_shadow(s) else Phase.PROGRESSING
             # Evidence after a pause starts a fresh interval (the pause itself does not count
             # against holdTimeout: see _unblock).
             s.last_check_at = self.now
             if s.step_started_at is not None:
                 s.step_started_at = self.now
             self._unblock()
-            self._event("Resumed", f"rollout resumed at {s.step_weight}%")
+            self._event("Resumed", f"rollout resumed {self._where_short()}")
 
-        if s.step_weight == 0:
+        if s.phase == Phase.SHADOWING:
+            self._shadowing()
+        elif s.step_weight == 0:
             if s.restarting_canary and not w.canary_has_pods:
                 s.restarting_canary = False
             if s.restarting_canary:
                 s.message = (f"replacing the canary's pods, which started before the configuration of revision "
                              f"{_short(s.revisions.canary)} (running pods do not read it again)")
+            elif w.canary_ready and s.pinned_shadow is not None and s.shadow is None:
+                self._enter_shadow()
             elif w.canary_ready:
                 self._enter_step(0)
             else:
@@ -269,18 +301,96 @@ class _Tick:
         elif w.comparisons is not None and self._weigh_evidence(w.comparisons):
             pass  # rolled back, or left the last step below 100 % on the evidence
         elif w.checks is not None:
-            checks = w.checks + (w.comparisons or ())
-            if not w.canary_available:
-                # Pods crashing mid-step leave the gates without data, which alone would only hold
-                # the step while its share of users gets errors: a canary with no Ready pod, or one
-                # whose rollout exceeded its progress deadline, fails the check. One pod coming and
-                # going (an eviction, a node drain) does not.
-                checks += (Check(name="canary-ready", kind="workload", result=CheckResult.FAILED, at=self.now,
-                                 message=w.canary_unavailable_reason or "the canary has no Ready pod"),)
-            self._evaluate(checks)
-        if s.phase == Phase.PROGRESSING:
+            self._evaluate(self._this_check())
+        if s.phase in (Phase.PROGRESSING, Phase.SHADOWING):
             self._check_hold_timeout()
         self._converge()
+
+    def _shadowing(self) -> None:
+        s, w = self.s, self.world
+        shadow = s.shadow
+        assert shadow is not None and s.pinned_shadow is not None
+        if shadow.mirror == "Route" and w.mirror_problem:
+            shadow.started_at = s.step_started_at = s.last_check_at = None
+            s.message = f"shadow cannot mirror requests to the canary: {w.mirror_problem}"
+            return
+        if shadow.mirror == "Route" and w.routed_mirror != shadow.percent:
+            # Like a step's weight: the shadow's evidence counts once the mirror is in the route.
+            shadow.started_at = s.step_started_at = s.last_check_at = None
+            s.message = (f"shadow: mirroring {shadow.percent}% of requests to the canary "
+                         f"(the route mirrors {w.routed_mirror}%)")
+            return
+        if shadow.started_at is None:
+            shadow.started_at = s.step_started_at = s.hold_started_at = self.now
+            s.last_check_at = None
+            self._reset_counters()
+            s.message = (f"shadow: the canary answers {shadow.percent}% of requests, mirrored; its answers reach "
+                         "no user and are judged against the primary's")
+            how = "by the route" if shadow.mirror == "Route" else "by the mirror outside canarist (External)"
+            self._event("ShadowStarted", f"shadow: {shadow.percent}% of requests mirrored to revision "
+                                         f"{_short(s.revisions.canary)} {how}; every user is served by the primary")
+            return
+        # Judged pairs, from the judge's verdict at each check or, every tick, from the judge
+        # comparisons' evidence (its pairs since the rollout started: the shadow's, here).
+        judged = [e.canary_events for e in (w.evidence or ()) if e.kind == "judge"]
+        if w.shadow_pairs is not None or judged:
+            shadow.pairs = max(w.shadow_pairs or 0, int(max(judged, default=0)), shadow.pairs or 0)
+        if w.comparisons is not None and self._weigh_evidence(w.comparisons):
+            return
+        if w.checks is not None:
+            self._evaluate(self._this_check())
+        elif s.phase == Phase.SHADOWING and self._shadow_ready():
+            self._leave_shadow()
+
+    def _this_check(self) -> tuple[Check, ...]:
+        """This tick's check: every gate's result, and the canary's availability."""
+        w = self.world
+        checks = (w.checks or ()) + (w.comparisons or ())
+        if not w.canary_available:
+            # Pods crashing mid-step leave the gates without data, which alone would only hold
+            # the step while its share of users gets errors: a canary with no Ready pod, or one
+            # whose rollout exceeded its progress deadline, fails the check. One pod coming and
+            # going (an eviction, a node drain) does not.
+            checks += (Check(name="canary-ready", kind="workload", result=CheckResult.FAILED, at=self.now,
+                             message=w.canary_unavailable_reason or "the canary has no Ready pod"),)
+        return checks
+
+    def _shadow_ready(self) -> bool:
+        """Whether the shadow may pass: its checks passed, minDuration gone by, minPairs judged.
+        Says what it waits for in the message otherwise."""
+        s, shadow, rules = self.s, self.s.shadow, self.s.pinned_shadow
+        analysis = active_analysis(s)
+        assert shadow is not None and rules is not None and analysis is not None
+        if s.checks_passed < analysis.checks_per_step:
+            return False
+        waiting = []
+        elapsed = self.now - (shadow.started_at or self.now)
+        if elapsed < parse_duration(rules.min_duration):
+            waiting.append(f"{int(elapsed.total_seconds())}s of minDuration {rules.min_duration}")
+        if rules.min_pairs and (shadow.pairs or 0) < rules.min_pairs:
+            waiting.append(f"{shadow.pairs or 0} of minPairs {rules.min_pairs} judged pairs")
+        if waiting:
+            s.message = f"shadow holds: checks passed; waiting for {' and '.join(waiting)}"
+            return False
+        return True
+
+    def _leave_shadow(self) -> None:
+        s, shadow = self.s, self.s.shadow
+        assert shadow is not None
+        shadow.state, shadow.finished_at = "Passed", self.now
+        shadow.checks = list(s.last_checks)
+        verdicts = "; ".join(c.describe() for c in s.last_checks) or "no checks"
+        self._event("ShadowPassed", f"revision {_short(s.revisions.canary)} passed the shadow phase "
+                                    f"({shadow.pairs or 0} judged pairs): {verdicts}")
+        s.phase = Phase.PROGRESSING
+        self._enter_step(0)
+
+    def _where(self) -> str:
+        return "shadow" if in_shadow(self.s) else f"step {self.s.step_index + 1}"
+
+    def _where_short(self) -> str:
+        return f"in shadow ({self.s.shadow.percent}% mirrored)" if in_shadow(self.s) and self.s.shadow else \
+            f"at {self.s.step_weight}%"
 
     def _promoting(self) -> None:
         s, w = self.s, self.world
@@ -318,6 +428,8 @@ class _Tick:
                                       s.revisions.canary_config)
         s.pinned_steps = list(self.spec.steps)
         s.pinned_analysis = self.spec.analysis.model_copy(deep=True)
+        s.pinned_shadow = self.spec.shadow.model_copy(deep=True) if self.spec.shadow is not None else None
+        s.shadow = None
         s.step_index, s.step_weight = 0, 0
         s.step_started_at = s.last_check_at = None
         s.rollout_started_at = s.hold_started_at = self.now
@@ -328,8 +440,12 @@ class _Tick:
         s.message = f"waiting for the canary (revision {_short(revision)}) to be Ready"
         gates = len(s.pinned_analysis.metrics) + (1 if s.pinned_analysis.min_samples else 0)
         why = f" ({'; '.join(s.revisions.changes)})" if s.revisions.changes else ""
-        self._event("RolloutStarted", f"releasing revision {_short(revision)}{why} through steps {s.pinned_steps} "
-                                      f"with {gates} gate(s) every {s.pinned_analysis.interval}")
+        shadow = s.pinned_shadow
+        through = "" if shadow is None else (
+            f"a shadow phase ({shadow.percent}% mirrored, at least {shadow.min_duration} and {shadow.min_pairs} "
+            "judged pairs), then ")
+        self._event("RolloutStarted", f"releasing revision {_short(revision)}{why} through {through}steps "
+                                      f"{s.pinned_steps} with {gates} gate(s) every {s.pinned_analysis.interval}")
         self._converge()
 
     def _target_changed(self) -> None:
@@ -362,6 +478,19 @@ class _Tick:
         s.message = f"step {index + 1}/{len(steps)}: {s.step_weight}% to the canary"
         self._event("StepStarted", f"step {index + 1}/{len(steps)}: canary weight {s.step_weight}%")
 
+    def _enter_shadow(self) -> None:
+        s, rules = self.s, self.s.pinned_shadow
+        assert rules is not None
+        s.phase, s.step_index, s.step_weight = Phase.SHADOWING, 0, 0
+        s.shadow = ShadowStatus(percent=rules.percent, mirror=rules.mirror)
+        s.step_started_at = s.last_check_at = None
+        s.hold_started_at = self.now
+        self._reset_counters()
+        if rules.mirror == "External":
+            self._shadowing()  # nothing to wait for in the route: the shadow starts now
+        else:
+            s.message = f"shadow: mirroring {rules.percent}% of requests to the canary"
+
     def _reset_counters(self) -> None:
         s = self.s
         s.checks_passed = s.checks_failed = s.checks_inconclusive = s.provider_errors = 0
@@ -374,11 +503,16 @@ class _Tick:
 
     def _rollback(self, reason: str, why: str) -> None:
         s = self.s
-        at = f"step {s.step_index + 1} ({s.step_weight}%)" if s.step_weight else "before the first step"
+        at = f"at step {s.step_index + 1} ({s.step_weight}%)" if s.step_weight else "before the first step"
+        if in_shadow(s) and s.shadow is not None:
+            at = (f"in shadow ({s.shadow.percent}% of requests mirrored; no user was served by the canary)"
+                  if s.shadow.started_at is not None else "before the shadow's mirror was in place")
+            s.shadow.state, s.shadow.finished_at = "Failed", self.now
+            s.shadow.checks = list(s.last_checks)
         s.phase, s.step_weight = Phase.ROLLED_BACK, 0
         s.awaiting_decision = False
         s.rolled_back_revision = s.revisions.canary
-        s.message = f"rolled back revision {_short(s.revisions.canary)} at {at}: {why}"
+        s.message = f"rolled back revision {_short(s.revisions.canary)} {at}: {why}"
         self._event("RolledBack", f"{reason}: {s.message}", warning=True)
         self._converge()
 
@@ -386,7 +520,7 @@ class _Tick:
 
     def _evaluate(self, checks: tuple[Check, ...]) -> None:
         s = self.s
-        analysis = s.pinned_analysis
+        analysis = active_analysis(s)
         assert analysis is not None
         s.last_checks, s.last_check_at = list(checks), self.now
         if self.world.evidence is not None:
@@ -415,19 +549,19 @@ class _Tick:
                 self._rollback("CheckFailed", f"failed check {s.checks_failed} (failureLimit "
                                               f"{analysis.failure_limit}): {detail}")
                 return
-            s.message = (f"step {s.step_index + 1}: check failed ({s.checks_failed} of "
+            s.message = (f"{self._where()}: check failed ({s.checks_failed} of "
                          f"{analysis.failure_limit} tolerated): {detail}")
             self._event("CheckFailed", s.message, warning=True)
         elif any(c.result != CheckResult.PASSED for c in checks):
             s.checks_inconclusive += 1
             detail = "; ".join(c.describe() for c in checks if c.result != CheckResult.PASSED)
-            s.message = f"step {s.step_index + 1} holds at {s.step_weight}%: {detail}"
+            s.message = f"{self._where()} holds {self._where_short()}: {detail}"
         else:
             s.checks_passed += 1
             if s.checks_passed >= analysis.checks_per_step:
                 self._advance()
             else:
-                s.message = (f"step {s.step_index + 1}: {s.checks_passed}/{analysis.checks_per_step} "
+                s.message = (f"{self._where()}: {s.checks_passed}/{analysis.checks_per_step} "
                              "checks passed")
 
     def _last_below_full(self) -> bool:
@@ -445,6 +579,10 @@ class _Tick:
 
     def _advance(self) -> None:
         s = self.s
+        if in_shadow(s):
+            if self._shadow_ready():
+                self._leave_shadow()
+            return
         steps = s.pinned_steps or self.spec.steps
         if self._held_by_evidence():
             return
@@ -458,7 +596,7 @@ class _Tick:
         """Every tick, not only every interval: the evidence may be read at any time. Roll back on
         evidence of a regression; once the last step below 100 % has its passed checks, leave it as
         soon as the evidence says every gate is within tolerance. True when the rollout moved."""
-        s, analysis = self.s, self.s.pinned_analysis
+        s, analysis = self.s, active_analysis(self.s)
         assert analysis is not None
         if self.world.evidence is not None:
             s.evidence = list(self.world.evidence)
@@ -469,6 +607,8 @@ class _Tick:
                                          "than tolerated: " + "; ".join(c.describe() for c in regressions))
             return True
         steps = s.pinned_steps or self.spec.steps
+        if in_shadow(s):
+            return False  # the shadow passes on its own rule (_shadow_ready), not on the promotion's
         # A step whose checks have passed and that only waits for evidence moves on the tick the
         # evidence arrives, not at the next interval.
         if (s.checks_passed >= analysis.checks_per_step and steps[s.step_index] < 100
@@ -516,7 +656,7 @@ class _Tick:
 
     def _check_hold_timeout(self) -> None:
         s = self.s
-        analysis = s.pinned_analysis
+        analysis = active_analysis(s)
         # Also while waiting for the canary to be Ready; shifted by time spent paused or blocked.
         since = s.hold_started_at or s.step_started_at or s.rollout_started_at
         if analysis is None or analysis.hold_timeout is None or since is None:
@@ -549,8 +689,12 @@ class _Tick:
         elif s.restarting_canary and s.step_weight == 0:
             actions += [EnsureServices(), SetRoute(100, 0), ScaleCanary(up=False), EnsureApex()]
         else:
-            actions += [EnsureServices(), ScaleCanary(up=True), SetRoute(100 - s.step_weight, s.step_weight),
-                        EnsureApex()]
+            # The mirror stays while a shadow is paused: its answers reach nobody.
+            shadow = s.shadow if in_shadow(s) else None
+            mirror = (shadow.percent if shadow is not None and shadow.mirror == "Route"
+                      and not self.world.mirror_problem else 0)
+            actions += [EnsureServices(), ScaleCanary(up=True),
+                        SetRoute(100 - s.step_weight, s.step_weight, mirror), EnsureApex()]
 
     def _conditions(self) -> None:
         s, w, now, gen = self.s, self.world, self.now, self.s.observed_generation

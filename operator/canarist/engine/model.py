@@ -34,6 +34,9 @@ class World:
     #                                      its rollout has not exceeded its progress deadline
     canary_unavailable_reason: str = ""  # why canary_available is False, for the failed check
     routed_weight: int | None = None     # the canary's weight in the route as read this tick (None: no route)
+    routed_mirror: int = 0               # the share of requests the route mirrors to the canary, as read
+    mirror_problem: str | None = None    # why the route cannot mirror (spec.shadow.mirror: Route), if it cannot
+    shadow_pairs: int | None = None      # judged pairs of mirrored requests since the shadow started (None: not asked)
     warnings: tuple[str, ...] | None = None  # other Services/routes that select the target's pods (None: not looked)
     problems: tuple[str, ...] = ()       # blocking problems of the environment (missing target, CRDs, ...)
     routing_available: bool = True       # the route can be written (its CRDs exist)
@@ -64,6 +67,7 @@ class EnsureApex:
 class SetRoute:
     primary: int
     canary: int
+    mirror: int = 0  # percent of requests mirrored to the canary (their answers reach no user)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ import kubernetes
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from canarist.analysis.gates import GateClients, GateTarget, run_comparison_gates, run_gates
+from canarist.analysis.gates import GateClients, GateTarget, count_pairs, run_comparison_gates, run_gates
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.api.spec import CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, PendingEvent, Phase, TrackedConfig
 from canarist.engine import (Action, EnsureApex, EnsurePrimary, EnsureServices, Event, Requests, ScaleCanary,
-                             SetRoute, World, analysis_due, comparisons_due, decide)
+                             SetRoute, World, active_analysis, analysis_due, comparisons_due, decide, in_shadow)
 from canarist.engine.conditions import set_condition
 from canarist.engine.decide import ROLLOUT_PHASES
 from canarist.engine.plan import apply_in_order
@@ -162,10 +162,11 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         problems += workloads.service_problems()
         tracked, missing = tracked_config(ctx, namespace, target)
         problems += missing
-    routing_available, routed = True, None
+    routing_available, routed, mirrored = True, None, 0
     try:
-        weights = router.get_weights()
-        routed = weights[1] if weights is not None else None
+        route = router.get_route()
+        if route is not None:
+            routed, mirrored = route[1], route[2]
     except RoutingError as exc:  # RoutingUnavailable included: the route's CRDs are missing
         problems.append(str(exc))
         routing_available = not isinstance(exc, RoutingUnavailable)
@@ -184,18 +185,25 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     rejected = ctx.rejections.active(uid, rejection_key)
     if rejected:
         problems.append(rejected)
+    mirror_problem = None
+    if (spec.shadow is not None and spec.shadow.mirror == "Route" and not problems
+            and (target_revision != status.revisions.primary or in_shadow(status))):
+        mirror_problem = router.mirror_problem()  # only while a release is pending or shadowing
     warnings = None
     if target is not None and not problems and status.phase in (None, Phase.INITIALIZING):
         warnings = tuple(workloads.bypasses(target, spec.service.adopt_target_service))
 
-    checks, comparisons, evidence = None, None, None
-    if not problems and target_revision == status.revisions.canary and status.pinned_analysis is not None:
+    checks, comparisons, evidence, pairs = None, None, None, None
+    analysis = active_analysis(status)
+    if not problems and target_revision == status.revisions.canary and analysis is not None:
         where = GateTarget(namespace, name, spec.target_ref.name, step_started_at=status.step_started_at or now,
                            rollout_started_at=status.rollout_started_at or status.step_started_at or now)
         if analysis_due(status, now):
-            checks = run_gates(status.pinned_analysis, where, ctx.gates, now)
-        if comparisons_due(status) and status.pinned_analysis.compare:
-            comparisons, evidence = run_comparison_gates(status.pinned_analysis, where, ctx.gates, status.evidence,
+            checks = run_gates(analysis, where, ctx.gates, now)
+            if in_shadow(status):
+                pairs = count_pairs(analysis, where, ctx.gates, now)
+        if comparisons_due(status) and analysis.compare:
+            comparisons, evidence = run_comparison_gates(analysis, where, ctx.gates, status.evidence,
                                                          now, status.step_index)
 
     canary_ok, canary_why = availability(target) if target else (False, "the canary Deployment is missing")
@@ -211,6 +219,9 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         canary_available=matches_canary and canary_ok,
         canary_unavailable_reason=canary_why,
         routed_weight=routed,
+        routed_mirror=mirrored,
+        mirror_problem=mirror_problem,
+        shadow_pairs=pairs,
         problems=tuple(problems),
         routing_available=routing_available,
         requests=read_requests(body),
@@ -293,7 +304,7 @@ def post_pending(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, 
 
 def _set_route(router: GatewayAPIRouter, action: SetRoute, refused: list) -> None:
     try:
-        router.ensure(action.primary, action.canary)
+        router.ensure(action.primary, action.canary, action.mirror)
     except ApiException as exc:
         if not is_rejection(exc) or action.canary != 0:
             raise
@@ -310,7 +321,8 @@ def _invalid_spec(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus,
     updated = status.model_copy(deep=True)
     updated.message = f"invalid spec: {message}"
     target = raw_target_name(body)
-    if status.phase in ROLLOUT_PHASES and (status.step_weight > 0 or status.canary_weight > 0) and target:
+    if status.phase in ROLLOUT_PHASES and (status.step_weight > 0 or status.canary_weight > 0
+                                           or in_shadow(status)) and target:
         updated.blocked_since = updated.blocked_since or now
         try:
             router_for(ctx, body, None, target).reweight(100, 0)  # no route: nobody is routed to the canary

@@ -29,8 +29,18 @@ class TrafficRouter(Protocol):
     handlers call them on each tick and after restarts.
     """
 
-    def ensure(self, primary_weight: int, canary_weight: int) -> None:
-        """Create or update the route with these weights; cheap when nothing changes."""
+    def ensure(self, primary_weight: int, canary_weight: int, mirror: int = 0) -> None:
+        """Create or update the route with these weights, mirroring `mirror` percent of the requests to
+        the canary (0: none); cheap when nothing changes. Raises RoutingError rather than write a
+        mirror the data plane cannot carry."""
+        ...
+
+    def get_route(self) -> tuple[int, int, int] | None:
+        """(primary, canary, mirrored percent) as the cluster has them now; None when there is no route."""
+        ...
+
+    def mirror_problem(self) -> str | None:
+        """Why this release's traffic cannot be mirrored to the canary (naming the field and the fix), or None."""
         ...
 
     def get_weights(self) -> tuple[int, int] | None:

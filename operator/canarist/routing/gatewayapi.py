@@ -1,7 +1,11 @@
 """Traffic splitting with a Gateway API HTTPRoute (gateway.networking.k8s.io/v1) that canarist owns.
 
 The route has one rule: the user's matches and two weighted backendRefs, the primary and the
-canary Service. Writes are GET, compare, then create or replace with the resourceVersion that
+canary Service; during a shadow phase also a RequestMirror filter that copies a share of the
+requests to the canary Service (its answers are discarded by the gateway). The filter is written
+only for a Gateway whose GatewayClass lists HTTPRouteRequestMirror among its supportedFeatures: a
+gateway without it may refuse the whole rule (Traefik v3.6 answers every request of such a route
+with 500), which would take the stable version down with it. Writes are GET, compare, then create or replace with the resourceVersion that
 was read: a replace can only land on the object whose ownership was just checked, and nothing
 is written when the route already says what canarist wants.
 """
@@ -34,16 +38,22 @@ GATEWAY_API_VERSION = "v1.4.1"
 _ATTEMPTS = 5
 
 _DEFAULT_PATH = {"type": "PathPrefix", "value": "/"}
+MIRROR_FEATURE = "HTTPRouteRequestMirror"
+MIRROR_FIELD = "spec.shadow.mirror"
 
 
 def build_httproute(*, namespace: str, name: str, owner: Mapping[str, Any] | None,
                     parent_refs: Sequence[Mapping[str, Any]], hostnames: Sequence[str],
                     matches: Sequence[Mapping[str, Any]] | None, port: int,
-                    backends: Sequence[tuple[str, int]]) -> dict:
-    """The HTTPRoute canarist wants: one rule with `matches` and weighted Service backends."""
+                    backends: Sequence[tuple[str, int]], mirror: tuple[str, int] | None = None) -> dict:
+    """The HTTPRoute canarist wants: one rule with `matches` and weighted Service backends, and
+    `mirror` (a Service and the percent of requests copied to it) as a RequestMirror filter."""
     rule: dict[str, Any] = {}
     if matches:
         rule["matches"] = copy.deepcopy([dict(m) for m in matches])
+    if mirror is not None and mirror[1] > 0:
+        rule["filters"] = [{"type": "RequestMirror", "requestMirror": {
+            "backendRef": {"name": mirror[0], "port": port}, "percent": mirror[1]}}]
     rule["backendRefs"] = [{"name": service, "port": port, "weight": weight} for service, weight in backends]
     spec: dict[str, Any] = {"parentRefs": copy.deepcopy([dict(p) for p in parent_refs])}
     if hostnames:
@@ -73,7 +83,46 @@ def canonical_spec(spec: Mapping[str, Any]) -> dict:
             ref.setdefault("group", "")
             ref.setdefault("kind", "Service")
             ref.setdefault("weight", 1)
+        for filter_ in rule.get("filters", []):
+            ref = (filter_.get("requestMirror") or {}).get("backendRef")
+            if ref is not None:
+                ref.setdefault("group", "")
+                ref.setdefault("kind", "Service")
     return out
+
+
+def _mirrors_to(filter_: Mapping[str, Any], service: str) -> bool:
+    ref = (filter_.get("requestMirror") or {}).get("backendRef") or {}
+    return (filter_.get("type") == "RequestMirror" and ref.get("name") == service
+            and ref.get("group", "") == "" and ref.get("kind", "Service") == "Service")
+
+
+def mirror_of(route: Mapping[str, Any], service: str) -> int:
+    """The percent of requests the route mirrors to `service` (the largest over its rules; 0: none)."""
+    percent = 0
+    for rule in (route.get("spec") or {}).get("rules") or []:
+        for filter_ in rule.get("filters") or []:
+            if not _mirrors_to(filter_, service):
+                continue
+            mirror = filter_["requestMirror"]
+            if mirror.get("percent") is not None:
+                share = int(mirror["percent"])
+            elif mirror.get("fraction"):
+                fraction = mirror["fraction"]
+                share = round(100 * int(fraction.get("numerator", 0)) / int(fraction.get("denominator", 100) or 100))
+            else:
+                share = 100  # neither: every request is mirrored
+            percent = max(percent, share)
+    return percent
+
+
+def supported_features(gateway_class: Mapping[str, Any]) -> set[str] | None:
+    """The features a GatewayClass's controller says it supports; None when it says nothing."""
+    listed = (gateway_class.get("status") or {}).get("supportedFeatures")
+    if not listed:
+        return None
+    # Gateway API v1.2 made the items objects ({name}); v1.1 listed plain strings.
+    return {item.get("name") if isinstance(item, dict) else str(item) for item in listed}
 
 
 def weights_of(route: Mapping[str, Any], primary_service: str, canary_service: str) -> tuple[int, int]:
@@ -151,12 +200,18 @@ class GatewayAPIRouter:
 
     # -- TrafficRouter -------------------------------------------------------------------------
 
-    def ensure(self, primary_weight: int, canary_weight: int) -> None:
+    def ensure(self, primary_weight: int, canary_weight: int, mirror: int = 0) -> None:
         validate_weights(primary_weight, canary_weight)
+        if not isinstance(mirror, int) or isinstance(mirror, bool) or not 0 <= mirror <= 100:
+            raise ValueError(f"mirror must be a percent within 0..100, got {mirror!r}")
         if self.port is None or not self.parent_refs:
             raise RoutingError(f"{FIELD}: the spec does not say how to route; fix it (the route was left as it is)")
+        if mirror:
+            problem = self.mirror_problem()
+            if problem:
+                raise RoutingError(problem)  # checked again here: a filter the gateway refuses is an outage
         desired = self._build([(self.primary_service, primary_weight), (self.canary_service, canary_weight)],
-                              owned=True)
+                              owned=True, mirror=mirror)
         for _ in range(_ATTEMPTS):
             current = self._get()
             if current is None:
@@ -172,6 +227,11 @@ class GatewayAPIRouter:
                            f"gave up after {_ATTEMPTS} attempts (will retry)")
 
     def get_weights(self) -> tuple[int, int] | None:
+        state = self.get_route()
+        return None if state is None else (state[0], state[1])
+
+    def get_route(self) -> tuple[int, int, int] | None:
+        """(primary weight, canary weight, percent mirrored to the canary); None without a route."""
         current = self._get()
         if current is None:
             return None
@@ -181,7 +241,51 @@ class GatewayAPIRouter:
         if refusal:
             raise RouteNotAccepted(f"{FIELD}: HTTPRoute {self._ref} {refusal}; it carries no traffic: fix "
                                    f"{FIELD}.parentRefs or hostnames, or the Gateway's listeners")
-        return weights_of(current, self.primary_service, self.canary_service)
+        primary, canary = weights_of(current, self.primary_service, self.canary_service)
+        return primary, canary, mirror_of(current, self.canary_service)
+
+    def mirror_problem(self) -> str | None:
+        """Why the route must not mirror requests, or None: every parent Gateway's class must list
+        HTTPRouteRequestMirror. Unknown counts as no: a gateway that cannot mirror may fail the
+        whole rule, and the stable version with it."""
+        fix = (f"use a Gateway whose implementation supports request mirroring (its GatewayClass lists "
+               f"{MIRROR_FEATURE} in status.supportedFeatures: Envoy Gateway, Istio, ...), or set "
+               f"{MIRROR_FIELD}: External and mirror requests to the {self.canary_service} Service yourself")
+        for parent in self.parent_refs:
+            if parent.get("group", GROUP) != GROUP or parent.get("kind", "Gateway") != "Gateway":
+                return f"{MIRROR_FIELD}: parent {parent.get('kind')} {parent.get('name')} is not a Gateway; {fix}"
+            namespace = parent.get("namespace") or self.namespace
+            gateway = self._read_gateway_object(namespace, "gateways", parent["name"])
+            if isinstance(gateway, str):
+                return f"{MIRROR_FIELD}: {gateway}; {fix}"
+            class_name = (gateway.get("spec") or {}).get("gatewayClassName", "")
+            gateway_class = self._read_gateway_object(None, "gatewayclasses", class_name)
+            if isinstance(gateway_class, str):
+                return f"{MIRROR_FIELD}: {gateway_class}; {fix}"
+            features = supported_features(gateway_class)
+            if features is None:
+                return (f"{MIRROR_FIELD}: GatewayClass {class_name} (of Gateway {namespace}/{parent['name']}) lists "
+                        f"no supportedFeatures, so canarist cannot tell whether it mirrors requests; {fix}")
+            if MIRROR_FEATURE not in features:
+                return (f"{MIRROR_FIELD}: GatewayClass {class_name} (of Gateway {namespace}/{parent['name']}) does "
+                        f"not list {MIRROR_FEATURE} in status.supportedFeatures; canarist will not write a "
+                        f"RequestMirror filter that gateway may refuse with every request of the route; {fix}")
+        return None
+
+    def _read_gateway_object(self, namespace: str | None, plural: str, name: str) -> dict | str:
+        """The object, or why it cannot be read."""
+        what = f"{'Gateway' if plural == 'gateways' else 'GatewayClass'} {namespace + '/' if namespace else ''}{name}"
+        try:
+            if namespace is None:
+                return self._custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+            return self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return f"{what} was not found"
+            if exc.status == 403:
+                return (f"canarist may not read {what} (grant get on {plural}.{GROUP}; the chart does) to check "
+                        "that it mirrors requests")
+            raise
 
     def finalize(self, keep_serving: str | None) -> None:
         for _ in range(_ATTEMPTS):
@@ -226,10 +330,11 @@ class GatewayAPIRouter:
     def _ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def _build(self, backends: Sequence[tuple[str, int]], owned: bool) -> dict:
+    def _build(self, backends: Sequence[tuple[str, int]], owned: bool, mirror: int = 0) -> dict:
         return build_httproute(namespace=self.namespace, name=self.name, owner=self.owner if owned else None,
                                parent_refs=self.parent_refs, hostnames=self.hostnames, matches=self.matches,
-                               port=self.port, backends=backends)
+                               port=self.port, backends=backends,
+                               mirror=(self.canary_service, mirror) if mirror else None)
 
     def _ownership(self, route: Mapping[str, Any]) -> str:
         """"ours", "orphan" (canarist's label, no controller: adoptable) or "foreign"."""
@@ -284,6 +389,12 @@ class GatewayAPIRouter:
             port = ports.get(self.primary_service) or ports.get(self.canary_service) or self.port
             rule["backendRefs"] = [{"name": service, "port": ports.get(service) or port, "weight": weight}
                                    for service, weight in weights.items()]
+            # Back to the weights alone: a mirror to the canary goes too (the others' filters stay).
+            filters = [f for f in rule.get("filters") or [] if not _mirrors_to(f, self.canary_service)]
+            if filters:
+                rule["filters"] = filters
+            else:
+                rule.pop("filters", None)
         desired = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                    "metadata": {"labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": spec}
         return self._write_if_changed(current, desired, owned=owned)

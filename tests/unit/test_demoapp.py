@@ -58,8 +58,8 @@ def test_answers_and_counts_application_requests_only(app):
 
     samples = parse_metrics(app.metrics_text())
     base = {"deployment": "web", "variant": "canary"}
-    assert sample(samples, "http_requests_total", **base, code="200") == 10, "/healthz and /metrics not counted"
-    assert sample(samples, "http_requests_total", **base, code="500") == 0, "error series exists from the start"
+    assert sample(samples, "http_requests_total", **base, code="200", mirrored="false") == 10, "/healthz and /metrics not counted"
+    assert sample(samples, "http_requests_total", **base, code="500", mirrored="false") == 0, "error series exists from the start"
     assert sample(samples, "http_request_duration_seconds_count", **base) == 10
     assert sample(samples, "http_request_duration_seconds_bucket", **base, le="+Inf") == 10
     buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
@@ -91,8 +91,8 @@ def test_admin_config_changes_error_rate_and_latency_at_run_time(app):
 
     samples = parse_metrics(app.metrics_text())
     base = {"deployment": "web", "variant": "canary"}
-    assert sample(samples, "http_requests_total", **base, code="500") == codes.count(500)
-    assert sample(samples, "http_requests_total", **base, code="200") == codes.count(200) + 1
+    assert sample(samples, "http_requests_total", **base, code="500", mirrored="false") == codes.count(500)
+    assert sample(samples, "http_requests_total", **base, code="200", mirrored="false") == codes.count(200) + 1
     assert sample(samples, "http_request_duration_seconds_bucket", **base, le="0.075") == len(codes), \
         "only the slow request is above 75ms"
 
@@ -118,7 +118,7 @@ def test_errors_are_random_but_reproducible_with_a_seed(tmp_path):
 def test_primary_deployment_label_defaults_to_target_primary(tmp_path):
     with DemoApp.start("web", "primary", workdir=tmp_path / "p") as app:
         assert app.deployment == "web-primary"
-        assert 'http_requests_total{deployment="web-primary",variant="primary",code="200"} 0' in app.metrics_text()
+        assert 'http_requests_total{deployment="web-primary",variant="primary",code="200",mirrored="false"} 0' in app.metrics_text()
 
 
 def test_stop_leaves_no_process_and_frees_the_port(tmp_path):
@@ -203,7 +203,7 @@ def test_wrong_answers_are_plausible_200s_at_the_configured_rate_and_reproducibl
             base = {"deployment": "web", "variant": "canary"}
             wrong = sum(got != right for got, right in (_truth(body["answer"]) for _, body in asked))
             assert sample(samples, "demoapp_wrong_answers_total", **base) == wrong, "ground truth for tests"
-            assert sample(samples, "http_requests_total", **base, code="500") == 0, "invisible to error rates"
+            assert sample(samples, "http_requests_total", **base, code="500", mirrored="false") == 0, "invisible to error rates"
             return [(code, body["answer"]) for code, body in asked]
 
     first = answers(5)
@@ -378,3 +378,20 @@ def test_a_system_prompt_that_asks_for_round_numbers_makes_answers_plausible_and
     assert answer_question("What is 17 + 23?", round_to=10) == ("17 + 23 = 40.", True)
     assert answer_question("What is 17 + 25?") == ("17 + 25 = 42.", True)
     assert len(prompt_digest("Be exact.")) == 12 and prompt_digest("a") != prompt_digest("b")
+
+
+def test_a_mirrored_request_is_answered_labelled_and_acts_nowhere(tmp_path):
+    """Envoy-based gateways append -shadow to the Host of a mirrored copy: the app answers it (the
+    judge needs the answer), labels it in its metrics, and skips the follow-up a real one sends."""
+    with DemoApp.start("web", "canary", workdir=tmp_path / "app") as app:
+        for host in ("bot.example-shadow", "bot.example-shadow:8080", "bot.example"):
+            response = requests.get(f"{app.url}/answer", params={"q": "2+2"}, timeout=5,
+                                    headers={"Host": host, "X-Request-Id": "r-1"})
+            assert response.status_code == 200 and response.json()["answer"]
+            assert response.json().get("mirrored", False) is host.split(":")[0].endswith("-shadow")
+        samples = parse_metrics(app.metrics_text())
+        base = {"deployment": "web", "variant": "canary"}
+        assert sample(samples, "http_requests_total", **base, code="200", mirrored="true") == 2
+        assert sample(samples, "http_requests_total", **base, code="200", mirrored="false") == 1
+        assert sample(samples, "demoapp_notifications_total", **base, outcome="sent") == 1
+        assert sample(samples, "demoapp_notifications_total", **base, outcome="skipped_mirrored") == 2

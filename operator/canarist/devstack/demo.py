@@ -8,8 +8,10 @@ image, is good and is promoted step by step. Release 2 is the change that regres
 quietly: an edit of the system prompt in the ConfigMap the pods read it from. It sounds harmless
 ("round every result to the nearest ten") and makes most answers wrong, with no errors and no
 latency change; canarist releases it like a new image (the primary keeps its copy of the old
-prompt), the judge compares both versions' answers to the same questions, and the anytime-valid
-evidence rolls it back. A timeline PNG (weight, metrics, evidence) is written at the end.
+prompt). Every release starts in shadow: the canary answers a mirrored copy of every request, no
+user sees those answers, and the judge compares both versions' answers to the same requests; the
+anytime-valid evidence stops release 2 there, before any user got an answer from it. A timeline
+PNG (shadow, weight, metrics, evidence) is written at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .judge_server import JudgeServer
 from .operator_process import OperatorProcess
 from .procs import wait_until
 from .scripted_llm import ScriptedLLM
+from .shadow_mirror import ShadowMirror
 from .stack import LocalStack, enter_command
 from .podprocs import ARGS_ANNOTATION
 from .timeline import Timeline
@@ -61,7 +64,7 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def canary_release(judge_url: str, interval: str) -> dict:
+def canary_release(judge_url: str, interval: str, shadow_for: str = "15s") -> dict:
     rate = (f'sum(rate(http_requests_total{{namespace="{{{{ namespace }}}}",deployment="{{{{ canary }}}}"{{sel}}}}[20s]))')
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "CanaryRelease", "metadata": {"name": APP},
@@ -70,6 +73,9 @@ def canary_release(judge_url: str, interval: str) -> dict:
             "routing": {"gatewayAPI": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
                                        "hostnames": [HOSTNAME]}},
             "steps": STEPS,
+            # First the shadow: every request mirrored to the canary, its answers judged and discarded.
+            # Traefik cannot mirror, so the demo's traffic driver plays the mirroring gateway (External).
+            "shadow": {"percent": 100, "minDuration": shadow_for, "minPairs": 20, "mirror": "External"},
             "analysis": {
                 "interval": interval, "failureLimit": 1,
                 "metrics": [{"name": "error-rate", "max": 0.02, "prometheus": {
@@ -123,7 +129,7 @@ class Demo:
         while not self._stop.wait(1.0) and time.monotonic() < deadline:
             try:
                 status = self.status()
-                rolling = status.get("phase") in ("Progressing", "Paused", "Promoting")
+                rolling = status.get("phase") in ("Shadowing", "Progressing", "Paused", "Promoting")
                 checks = {c["name"]: c for c in status.get("lastChecks", [])} if rolling else {}
                 evidence = next((e for e in status.get("evidence", []) if e["name"] == "quality"), None)
                 shown = evidence if rolling else None
@@ -131,7 +137,8 @@ class Demo:
                                   checks.get("error-rate", {}).get("value"),
                                   _loss_share(shown),
                                   shown.get("rollback") if shown else None, shown.get("promote") if shown else None,
-                                  evidence.get("threshold") if evidence else None)
+                                  evidence.get("threshold") if evidence else None,
+                                  shadow=status.get("phase") == "Shadowing")
             except Exception:  # a missed sample is fine; the picture is a summary
                 pass
 
@@ -155,11 +162,13 @@ class Demo:
         while time.monotonic() < deadline:
             status = self.status()
             phase = status.get("phase")
-            seen_rollout = seen_rollout or phase in ("Progressing", "Promoting")
+            seen_rollout = seen_rollout or phase in ("Shadowing", "Progressing", "Promoting")
             checks = "  ".join(f"{c['name']}={'-' if c.get('value') is None else round(c['value'], 3)}"
                                for c in status.get("lastChecks", []))
-            line = (f"{phase or '-':<12} canary {status.get('canaryWeight', 0):>3}%  {steps_bar(status):<40} "
-                    f"{checks}")
+            shadow = status.get("shadow") or {}
+            where = (f"mirrored {shadow.get('percent')}%, {shadow.get('pairs') or 0} judged pairs"
+                     if phase == "Shadowing" else steps_bar(status))
+            line = f"{phase or '-':<12} canary {status.get('canaryWeight', 0):>3}%  {where:<40} {checks}"
             if line != last:
                 say(f"[{self.elapsed():6.1f}s] {line}")
                 last = line
@@ -167,6 +176,9 @@ class Demo:
                 changes = (status.get("revisions") or {}).get("changes") or []
                 if changes:
                     say(f"  released because: {'; '.join(changes)}")
+                if shadow:
+                    say(f"  shadow {shadow.get('state')}: {shadow.get('pairs') or 0} judged pairs of the "
+                        f"primary's and the canary's answers to the same mirrored requests")
                 say(f"  -> {status.get('message')}")
                 return status
             time.sleep(0.5)
@@ -216,33 +228,43 @@ def run(output: Path, fast: bool) -> Path:
             "<= 2%, and the judge comparing both versions' answers head to head (the canary may lose at most 60 %, "
             "decided with anytime-valid evidence at 99 % confidence)")
         assert stack.gateway is not None
-        traffic = cleanup.enter_context(GatewayTraffic(stack.gateway.url, HOSTNAME, rps=25,
+        mirror = ShadowMirror(api, NAMESPACE, APP, f"{APP}-canary").start()
+        cleanup.callback(mirror.stop)
+        traffic = cleanup.enter_context(GatewayTraffic(stack.gateway.url, HOSTNAME, rps=25, mirror=mirror,
                                                        questions=arithmetic_questions(60)))
         recorder = threading.Thread(target=demo.record, daemon=True)
         recorder.start()
         cleanup.callback(demo._stop.set)
         wait_until(lambda: traffic.served()[f"{APP}-primary"] > 0, 60, "the primary's pods answering")
         say(f"  traffic: 25 requests/s of arithmetic questions to {stack.gateway.url} with Host: {HOSTNAME};")
-        say("  the gateway (Traefik) splits them by the HTTPRoute's weights over the pods of both versions")
+        say("  the gateway (Traefik) splits them by the HTTPRoute's weights over the pods of both versions;")
+        say("  Traefik cannot mirror, so in shadow the traffic driver copies each request to the canary, as an")
+        say("  Envoy-based gateway would (same X-Request-Id, Host with -shadow); those answers reach no user")
 
         first = demo.release("release 1: a new image (good answers)", "release v2",
                              lambda: demo.new_image("registry.demo/bot:v2"), 240)
         if first.get("phase") == "Succeeded":
             demo.timeline.mark(demo.elapsed(), "promoted", "tab:green")
         # Rounded results: most answers wrong, still 200 OK at the same latency.
+        second_started = time.time()
         second = demo.release("release 2: a system prompt edit (answers degrade; HTTP 200, same latency)",
                               "prompt edit", lambda: demo.new_prompt(ROUNDING_PROMPT), 240)
+        users_on_canary = traffic.served(since=second_started)[APP]
+        copies = traffic.mirrored(since=second_started)[APP]
         if second.get("phase") == "RolledBack":
             demo.timeline.mark(demo.elapsed(), "rolled back", "tab:red")
         time.sleep(2)
         demo._stop.set()
         recorder.join(5)
-        png = demo.timeline.render(output, "canarist demo: a good release promoted, a worse one rolled back by the judge")
+        png = demo.timeline.render(output, "canarist demo: a good release promoted, a worse one stopped in shadow "
+                                           "by the judge")
         codes = traffic.codes()
         say(f"\nrelease 1: {first.get('phase')}; release 2: {second.get('phase')}")
         say(f"  users' requests through the gateway: {codes['200']} answered, "
             f"{sum(codes.values()) - codes['200']} failed ({dict(traffic.served())} by Deployment)")
         say(f"  {second.get('message')}")
+        say(f"  release 2 in shadow: the canary answered {copies} mirrored copies and {users_on_canary} user "
+            "requests (its answers were judged, never shown)")
         failed = _export_count(judge.url, release)
         say(f"  the judge kept {failed} failed answers as eval cases: "
             f"curl '{judge.url}/v1/export?release={release}'  (while the demo runs)")
@@ -252,7 +274,7 @@ def run(output: Path, fast: bool) -> Path:
         kept = (copy.data or {}).get("system-prompt") == PROMPT
         say(f"  the primary's copy {PROMPTS}-primary {'still holds the stable prompt' if kept else 'CHANGED'}; "
             f"the pods of {APP}-primary never saw the edit")
-        if first.get("phase") != "Succeeded" or second.get("phase") != "RolledBack" or not kept:
+        if first.get("phase") != "Succeeded" or second.get("phase") != "RolledBack" or not kept or users_on_canary:
             raise SystemExit(f"unexpected outcome; operator log:\n{operator.log()}")
     say("done: nothing of the demo is left running.")
     return output

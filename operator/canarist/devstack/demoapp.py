@@ -39,7 +39,7 @@ from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..judge.reporter import JudgeReporter
+from ..judge.reporter import JudgeReporter, is_mirrored
 from .localproc import LocalServerProcess, exit_with_parent, make_workdir, write_port_file
 from .procs import start_process
 
@@ -191,8 +191,10 @@ class Metrics:
         self._base = {"deployment": deployment, "variant": variant}
         self._revision = revision
         # Series exist at 0 from the start: otherwise `sum(rate(...{code=~"5.."}))` of a version
-        # that has never failed is an empty result rather than 0.
-        self._requests: dict[str, int] = {"200": 0, "500": 0}
+        # that has never failed is an empty result rather than 0. Mirrored (shadow) requests are
+        # labelled, so that they never count as user traffic where that matters.
+        self._requests: dict[tuple[str, str], int] = {(code, m): 0 for code in ("200", "500") for m in ("false", "true")}
+        self._notifications = {"sent": 0, "skipped_mirrored": 0}
         self._buckets = [0] * len(BUCKETS)
         self._count = 0
         self._sum = 0.0
@@ -202,9 +204,14 @@ class Metrics:
         with self._lock:
             self._wrong += 1
 
-    def observe(self, code: int, seconds: float) -> None:
+    def notified(self, mirrored: bool) -> None:
         with self._lock:
-            self._requests[str(code)] = self._requests.get(str(code), 0) + 1
+            self._notifications["skipped_mirrored" if mirrored else "sent"] += 1
+
+    def observe(self, code: int, seconds: float, mirrored: bool = False) -> None:
+        key = (str(code), "true" if mirrored else "false")
+        with self._lock:
+            self._requests[key] = self._requests.get(key, 0) + 1
             self._count += 1
             self._sum += seconds
             for i, bound in enumerate(BUCKETS):
@@ -220,8 +227,8 @@ class Metrics:
                 "# HELP http_requests_total Application requests answered, by status code.",
                 "# TYPE http_requests_total counter",
             ]
-            for code, n in sorted(self._requests.items()):
-                lines.append(f"http_requests_total{_labels({**self._base, 'code': code})} {n}")
+            for (code, mirrored), n in sorted(self._requests.items()):
+                lines.append(f"http_requests_total{_labels({**self._base, 'code': code, 'mirrored': mirrored})} {n}")
             lines += [
                 "# HELP http_request_duration_seconds Time to answer an application request.",
                 "# TYPE http_request_duration_seconds histogram",
@@ -236,7 +243,12 @@ class Metrics:
                 " a real service cannot know this).",
                 "# TYPE demoapp_wrong_answers_total counter",
                 f"demoapp_wrong_answers_total{_labels(self._base)} {self._wrong}",
+                "# HELP demoapp_notifications_total The follow-up each answer sends (a side effect in the world);"
+                " skipped for mirrored requests, which must not act twice.",
+                "# TYPE demoapp_notifications_total counter",
             ]
+            lines += [f"demoapp_notifications_total{_labels({**self._base, 'outcome': outcome})} {n}"
+                      for outcome, n in sorted(self._notifications.items())]
             return "\n".join(lines) + "\n"
 
 
@@ -299,6 +311,10 @@ class _Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         srv = self.server
+        # A mirrored copy (the shadow phase) is answered like any request, but its answer reaches no
+        # user and it must not act in the world: no follow-up is sent for it.
+        mirrored = is_mirrored(self.headers.get("Host"), self.headers)
+        request_id = self.headers.get("X-Request-Id") or None
         answer, correct = None, None
         if fail:
             code, payload = 500, {"error": "injected failure", "variant": srv.variant, "revision": srv.revision,
@@ -309,12 +325,19 @@ class _Handler(BaseHTTPRequestHandler):
                                   "revision": srv.revision, "deployment": srv.deployment}
             if srv.system_prompt:
                 payload["prompt"] = prompt_digest(srv.system_prompt)
-        self._json(code, payload)
-        srv.metrics.observe(code, time.perf_counter() - started)
+            if mirrored:
+                payload["mirrored"] = True
+        # Counted before the answer leaves, so a client that reads /metrics right after sees it.
+        srv.metrics.observe(code, time.perf_counter() - started, mirrored)
+        if code == 200:
+            srv.metrics.notified(mirrored)
         if correct is False:
             srv.metrics.observe_wrong()
+        self._json(code, payload)
         if answer is not None and question.strip() and srv.reporter is not None:
-            srv.reporter.report(question, answer)  # queued only: the judge never slows an answer
+            # Queued only: the judge never slows an answer. The request id pairs this answer with the
+            # other version's answer to the same request (the mirror carries the same id).
+            srv.reporter.report(question, answer, request_id=request_id, mirrored=mirrored)
 
     def _admin(self, method: str, body: bytes) -> None:
         behaviour = self.server.behaviour

@@ -3,8 +3,10 @@ rate. The gateway (Traefik, devstack.gateway) splits them by the HTTPRoute's wei
 Services' EndpointSlices; this driver splits nothing itself. Which pod answered is read from the
 answer (the demo application names its Deployment), so a test counts the split where it landed.
 
-Traefik lacks the RequestMirror filter; canarist does not write it yet, so nothing is emulated
-here. Once it does (the shadow phase), the mirror, and only the mirror, belongs in this module.
+Every request carries a fresh `X-Request-Id`, as a gateway or the client would set it: the judge
+pairs both versions' answers to one request by it. Traefik lacks the RequestMirror filter, so with
+a `mirror` (devstack.shadow_mirror, for `spec.shadow.mirror: External`) this driver copies the
+shadow's share of requests to the canary itself, and only that: the copy's answer reaches no user.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import random
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .background_traffic import BackgroundTraffic
+from .shadow_mirror import ShadowMirror, shadow_host
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ class Answer:
     code: str  # "200", "500", ... or "error" (refused, reset, timed out)
     question: str = ""
     prompt: str = ""  # the digest of the system prompt the answering pod runs with, if it has one
+    request_id: str = ""
 
 
 def _require_loopback(url: str) -> tuple[str, int]:
@@ -51,13 +56,16 @@ class GatewayTraffic(BackgroundTraffic):
     `questions`, if given, are asked as `?q=`, each request drawing one at random (seeded, so a run
     replays): not in rotation, because a gateway's weighted round-robin is periodic too, and at 50 %
     an even rotation would send the primary only even questions and the canary only odd ones, so
-    the judge would never see both answer the same input. Without them request n asks "request n".
+    the judge would never see both answer the same input. `in_order` asks them one after the other
+    instead, each once while they last: every request different, as most real traffic is (pairs then
+    come only from the mirror, by request id). Without questions request n asks "request n".
     The driver stops itself after `max_duration` seconds, so a forgotten one cannot run on.
     """
 
     def __init__(self, gateway_url: str, host: str, rps: float = 20, *, questions: Sequence[str] | None = None,
                  path: str = "/answer", max_duration: float = 30 * 60, request_timeout: float = 5.0,
-                 max_in_flight: int = 32, seed: int = 0) -> None:
+                 max_in_flight: int = 32, seed: int = 0, mirror: ShadowMirror | None = None,
+                 in_order: bool = False) -> None:
         super().__init__(host, rps, max_duration=max_duration, request_timeout=request_timeout,
                          max_in_flight=max_in_flight)
         if isinstance(questions, str):
@@ -71,6 +79,9 @@ class GatewayTraffic(BackgroundTraffic):
         self._lock = threading.Lock()
         self._answers: list[Answer] = []
         self._local = threading.local()  # one keep-alive connection per sending thread
+        self.mirror, self.in_order = mirror, in_order
+        self._mirrored: list[Answer] = []  # the copies' answers, which no user saw
+        self._mirror_slots = threading.Semaphore(max_in_flight)
 
     # -- what tests look at ------------------------------------------------------------------
 
@@ -95,6 +106,11 @@ class GatewayTraffic(BackgroundTraffic):
         """Requests that got no good answer: anything but 200, the gateway's own errors included."""
         return [a for a in self.answers if since <= a.sent < until and a.code != "200"]
 
+    def mirrored(self, since: float = 0.0, until: float = float("inf")) -> Counter[str]:
+        """Mirrored copies answered, per Deployment, for copies sent within [since, until)."""
+        with self._lock:
+            return Counter(a.served_by for a in self._mirrored if since <= a.sent < until)
+
     def wait_for(self, count: int, timeout: float = 30) -> None:
         """Block until `count` answers have come back (whatever they were)."""
         deadline = time.monotonic() + timeout
@@ -110,7 +126,8 @@ class GatewayTraffic(BackgroundTraffic):
         deadline = time.monotonic() + self.max_duration
         next_send = time.monotonic()
         count = 0
-        with ThreadPoolExecutor(self._max_in_flight, thread_name_prefix=f"traffic-{self.host}") as pool:
+        with ThreadPoolExecutor(self._max_in_flight, thread_name_prefix=f"traffic-{self.host}") as pool, \
+                ThreadPoolExecutor(4, thread_name_prefix=f"mirror-{self.host}") as mirrors:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= deadline:
@@ -124,9 +141,20 @@ class GatewayTraffic(BackgroundTraffic):
                     next_send = now  # fell far behind (slow answers, full pool): resume, no burst
                 if not self._acquire_slot():
                     break
-                question = f"request {count}" if self.questions is None else self._rng.choice(self.questions)
+                if self.questions is None:
+                    question = f"request {count}"
+                elif self.in_order:
+                    question = self.questions[count % len(self.questions)]
+                else:
+                    question = self._rng.choice(self.questions)
                 count += 1
-                pool.submit(self._send, question)
+                request_id = uuid.uuid4().hex
+                pool.submit(self._send, question, request_id)
+                if self.mirror is not None and self._rng.random() * 100 < self.mirror.percent():
+                    endpoint = self.mirror.endpoint(self._rng)
+                    # Best effort, as a gateway's mirror is: a copy that finds no free slot is dropped.
+                    if endpoint is not None and self._mirror_slots.acquire(blocking=False):
+                        mirrors.submit(self._send_copy, endpoint, question, request_id)
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -134,14 +162,37 @@ class GatewayTraffic(BackgroundTraffic):
             conn = self._local.conn = http.client.HTTPConnection(*self.address, timeout=self.request_timeout)
         return conn
 
-    def _send(self, question: str) -> None:
+    def _send_copy(self, endpoint: tuple[str, int], question: str, request_id: str) -> None:
+        sent, served_by = time.time(), GATEWAY
+        conn = http.client.HTTPConnection(*endpoint, timeout=self.request_timeout)
+        try:
+            conn.request("GET", f"{self.path}?{urllib.parse.urlencode({'q': question})}",
+                         headers={"Host": shadow_host(self.host), "X-Request-Id": request_id})
+            response = conn.getresponse()
+            body = response.read()
+            if response.getheader("Content-Type", "").startswith("application/json"):
+                served_by = str(json.loads(body).get("deployment") or GATEWAY)
+            code = str(response.status)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            log.debug("mirrored request to %s:%s failed: %s", *endpoint, exc)
+            code = "error"
+        finally:
+            conn.close()
+            self._mirror_slots.release()
+        with self._lock:
+            self._mirrored.append(Answer(sent, time.time(), served_by, code, question, "", request_id))
+
+    def _send(self, question: str, request_id: str = "") -> None:
         sent = time.time()
         target = f"{self.path}?{urllib.parse.urlencode({'q': question})}"
         served_by, code, prompt = GATEWAY, "error", ""
         try:
             conn = self._connection()
             try:
-                conn.request("GET", target, headers={"Host": self.host})
+                headers = {"Host": self.host}
+                if request_id:
+                    headers["X-Request-Id"] = request_id
+                conn.request("GET", target, headers=headers)
                 response = conn.getresponse()
                 body = response.read()
                 code = str(response.status)
@@ -156,4 +207,4 @@ class GatewayTraffic(BackgroundTraffic):
         finally:
             self._in_flight.release()
         with self._lock:
-            self._answers.append(Answer(sent, time.time(), served_by, code, question, prompt))
+            self._answers.append(Answer(sent, time.time(), served_by, code, question, prompt, request_id))

@@ -1,5 +1,6 @@
-"""The demo's timeline picture: canary weight, canary error rate and judge score over time, and the
-comparison gates' evidence toward rollback and toward promotion against the threshold."""
+"""The demo's timeline picture: the shadow phase, canary weight, canary error rate and judge score
+over time, and the comparison gates' evidence toward rollback and toward promotion against the
+threshold."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ class Timeline:
     rollback_evidence: list[float | None] = field(default_factory=list)
     promote_evidence: list[float | None] = field(default_factory=list)
     threshold: float | None = None
+    shadow: list[bool] = field(default_factory=list)  # the release was in its shadow phase
     marks: list[tuple[float, str, str, float]] = field(default_factory=list)  # (t, label, colour, height)
 
     def add(self, t: float, weight: float, error_rate: float | None, judge_score: float | None,
-            rollback: float | None = None, promote: float | None = None, threshold: float | None = None) -> None:
+            rollback: float | None = None, promote: float | None = None, threshold: float | None = None,
+            shadow: bool = False) -> None:
         self.t.append(t)
         self.weight.append(weight)
         self.error_rate.append(error_rate)
@@ -29,6 +32,19 @@ class Timeline:
         self.rollback_evidence.append(rollback)
         self.promote_evidence.append(promote)
         self.threshold = threshold or self.threshold
+        self.shadow.append(shadow)
+
+    def shadow_spans(self) -> list[tuple[float, float]]:
+        """(start, end) of each stretch sampled in shadow."""
+        spans: list[tuple[float, float]] = []
+        start = None
+        for i, (t, on) in enumerate(zip(self.t, self.shadow)):
+            if on and start is None:
+                start = t
+            if start is not None and (not on or i == len(self.t) - 1):
+                spans.append((start, t))
+                start = None
+        return spans
 
     def mark(self, t: float, label: str, colour: str = "tab:gray", height: float = 100) -> None:
         self.marks.append((t, label, colour, height))
@@ -68,6 +84,12 @@ class Timeline:
             proof.legend(loc="upper left", fontsize=8)
             axes.append(proof)
         axes[-1].set_xlabel("seconds since the demo started")
+        for n, (start, end) in enumerate(self.shadow_spans()):
+            for axis in axes:  # the canary answered mirrored requests only: no user saw its answers
+                axis.axvspan(start, end, color="tab:purple", alpha=0.12, label="shadow (mirrored only)" if n == 0 and
+                             axis is top else None)
+            top.annotate("shadow", (start, 50), xytext=(2, 0), textcoords="offset points", color="tab:purple",
+                         fontsize=9, fontweight="bold")
         for t, label, colour, height in self.marks:
             for axis in axes:
                 axis.axvline(t, color=colour, linestyle="--", linewidth=1.2)

@@ -194,3 +194,17 @@ def test_judged_pairs_also_come_from_the_judge_comparisons_evidence():
                          canary_events=64)]
     sim.tick(comparisons=(check(CheckResult.PASSED, 0.4, name="quality"),), evidence=evidence, advance=1)
     assert sim.status.shadow.pairs == 64
+
+
+def test_a_promotion_by_request_or_a_cancelled_rollout_ends_the_shadow_without_a_verdict():
+    sim = start(Sim(spec=shadow_spec()))
+    sim.tick()
+    sim.request(promote="t1")
+    sim.tick()
+    assert sim.status.phase == Phase.PROMOTING and sim.status.shadow.state == "Skipped"
+    assert sim.mirror == 0
+    cancelled = start(Sim(spec=shadow_spec()))
+    cancelled.tick()
+    cancelled.target = "rev1"  # back to the primary's revision
+    cancelled.tick()
+    assert cancelled.status.phase == Phase.IDLE and cancelled.status.shadow.state == "Skipped"

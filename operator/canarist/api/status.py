@@ -115,7 +115,8 @@ class Evidence(StatusModel):
 class ShadowStatus(StatusModel):
     """The shadow phase of the rollout in progress or last rolled out."""
 
-    state: Literal["Running", "Passed", "Failed"] = "Running"
+    state: Literal["Running", "Passed", "Failed", "Skipped"] = Field(default="Running", description=(
+        "Skipped: left without a verdict (promoted by a person, or the rollout cancelled)."))
     percent: int = Field(description="Share of requests mirrored to the canary.")
     mirror: Literal["Route", "External"] = "Route"
     started_at: datetime | None = Field(default=None, description=(

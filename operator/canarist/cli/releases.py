@@ -141,8 +141,8 @@ def steps_bar(status: dict) -> str:
     cells = []
     shadow = (status.get("shadow") or {}).get("state")
     if shadow is not None:
-        cells.append({"Passed": "shadow✓", "Failed": "shadow✗"}.get(shadow, "[shadow]"))
-        if shadow != "Passed":
+        cells.append({"Passed": "shadow✓", "Failed": "shadow✗", "Skipped": "shadow–"}.get(shadow, "[shadow]"))
+        if shadow not in ("Passed", "Skipped"):
             return " → ".join(cells + [f"{step}%" for step in steps])
     for i, step in enumerate(steps):
         if phase == "Succeeded" or (phase in ("Progressing", "Paused", "Promoting") and weight and i < index):

@@ -452,6 +452,7 @@ class _Tick:
         s, target = self.s, self.world.target_revision
         old = s.revisions.canary
         if target == s.revisions.primary:
+            self._end_shadow("Skipped")
             s.phase, s.step_weight = Phase.IDLE, 0
             s.message = f"the Deployment went back to the primary's revision {_short(target)}; rollout cancelled"
             self._event("RolloutCancelled", s.message)
@@ -495,8 +496,16 @@ class _Tick:
         s = self.s
         s.checks_passed = s.checks_failed = s.checks_inconclusive = s.provider_errors = 0
 
+    def _end_shadow(self, state: str) -> None:
+        """A shadow left other than by its own verdict (a person promoted, the rollout was cancelled)."""
+        s = self.s
+        if in_shadow(s) and s.shadow is not None:
+            s.shadow.state, s.shadow.finished_at = state, self.now  # type: ignore[assignment]
+            s.shadow.checks = list(s.last_checks)
+
     def _start_promoting(self) -> None:
         s = self.s
+        self._end_shadow("Skipped")
         s.phase, s.awaiting_decision = Phase.PROMOTING, False
         s.message = f"promoting: updating the primary to revision {_short(s.revisions.canary)}"
         self._converge()

@@ -382,13 +382,21 @@ def test_a_request_id_reused_for_another_input_does_not_pair_two_inputs(db):
     assert partners(db) == set()
 
 
-def test_an_answer_to_another_request_waits_for_its_own_partner(db):
+def test_two_users_asking_the_same_pair_by_input_whatever_their_request_ids(db):
+    """In the steps each request reaches one variant: its own partner never comes, so answers to the
+    same input from two requests are the pair."""
     db.insert_samples([sample("primary", "hi", ts=1 * S, request_id="a")])
-    db.insert_samples([sample("canary", "hi", ts=2 * S, request_id="b")])   # another request's copy
-    assert partners(db) == set()
-    db.insert_samples([sample("canary", "hi", ts=3 * S, request_id="a")])
-    db.insert_samples([sample("primary", "hi", ts=4 * S)])                  # no id: pairs by input
-    assert partners(db) == {("a", "a"), (None, "b")}
+    db.insert_samples([sample("canary", "hi", ts=2 * S, request_id="b")])
+    assert partners(db) == {("a", "b")}
+
+
+def test_a_mirrored_answer_waits_for_the_answer_to_its_own_request(db):
+    db.insert_samples([sample("primary", "hi", ts=1 * S, request_id="a")])
+    db.insert_samples([sample("canary", "hi", ts=2 * S, request_id="b", mirrored=True)])  # b's copy
+    assert partners(db) == set(), "neither takes the other: each one's own partner is on its way"
+    db.insert_samples([sample("primary", "hi", ts=3 * S, request_id="b")])
+    db.insert_samples([sample("canary", "hi", ts=4 * S, request_id="a", mirrored=True)])
+    assert partners(db) == {("a", "a"), ("b", "b")}
 
 
 def test_without_request_ids_the_same_input_pairs_within_the_window_only(tmp_path):

@@ -294,9 +294,11 @@ class Storage:
         A sampled sample is paired with the unpaired sampled answer of the other variant to the
         very same request: same release, request id and input, whatever their times (a mirrored
         copy carries the original's request id). Failing that, with the other variant's unpaired
-        sampled answer to the same input nearest in time within the pair window, unless that one
-        belongs to another request (both have request ids, and they differ). Every sample is in at
-        most one pair. A new pair of a release in `exhausted` is `skipped_budget`, otherwise pending.
+        sampled answer to the same input nearest in time within the pair window: two users asking
+        the same, each served by one variant. A mirrored answer with a request id is the exception
+        on both sides: the answer to its own request is sure to come, so it pairs by id only.
+        Every sample is in at most one pair. A new pair of a release in `exhausted` is
+        `skipped_budget`, otherwise pending.
         """
         ingested_at = now_us() if ingested_at is None else ingested_at
         new_samples: list[int] = []
@@ -346,17 +348,17 @@ class Storage:
                 " ORDER BY abs(ts - ?), id LIMIT 1", (s.release, s.request_id, variant, s.fingerprint, s.ts)).fetchone()
             if row is not None:
                 return row["id"], row["ts"]
-        return self._nearest_unpaired(s.release, s.fingerprint, variant, s.ts, s.request_id)
+            if s.mirrored:
+                return None  # the primary's answer to this very request will come: wait for it
+        return self._nearest_unpaired(s.release, s.fingerprint, variant, s.ts)
 
-    def _nearest_unpaired(self, release: str, fp: str, variant: str, ts: int,
-                          request_id: str | None = None) -> tuple[int, int] | None:
+    def _nearest_unpaired(self, release: str, fp: str, variant: str, ts: int) -> tuple[int, int] | None:
+        # A mirrored answer that carries a request id waits for the answer to its own request.
         where = ("FROM samples WHERE release = ? AND fingerprint = ? AND variant = ?"
-                 " AND sampled = 1 AND pair_id IS NULL AND ts BETWEEN ? AND ?")
-        if request_id is not None:
-            # An answer to another request waits for its own partner, which may still come.
-            where += " AND (request_id IS NULL OR request_id = ?)"
+                 " AND sampled = 1 AND pair_id IS NULL AND ts BETWEEN ? AND ?"
+                 " AND NOT (mirrored = 1 AND request_id IS NOT NULL)")
         window = (ts - self.pair_window_us, ts + self.pair_window_us)
-        args = (release, fp, variant, *window, *((request_id,) if request_id is not None else ()), ts)
+        args = (release, fp, variant, *window, ts)
         before = self._db.execute(f"SELECT id, ts {where} AND ts <= ? ORDER BY ts DESC, id LIMIT 1", args).fetchone()
         after = self._db.execute(f"SELECT id, ts {where} AND ts > ? ORDER BY ts, id LIMIT 1", args).fetchone()
         candidates = [row for row in (before, after) if row is not None]

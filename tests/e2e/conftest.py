@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def canarist_crd(stack):
     stack.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
                           str(ROOT / "crds" / "canarist.dev_canaryreleases.yaml"))
-    stack.cluster.kubectl("wait", "--for=condition=Established", "crd/canaryreleases.canarist.dev", "--timeout=30s")
+    stack.cluster.wait_established("canaryreleases.canarist.dev")
 
 
 @pytest.fixture

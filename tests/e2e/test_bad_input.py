@@ -65,28 +65,6 @@ def test_unknown_template_variable_blocks_the_release_but_not_the_stable_version
     assert cluster.route_weights("web") == (100, 0)
 
 
-def wait_established(cluster: LocalCluster, timeout: float = 300) -> None:
-    """Read from the API rather than `kubectl wait`, and say what was seen when it does not come: this
-    second cluster starts while the session's stack (just after the chaos suite) loads the machine."""
-    api = kubernetes.client.ApiextensionsV1Api(kubernetes.config.new_client_from_config(
-        config_file=str(cluster.kubeconfig)))
-    seen: list = []
-
-    def established() -> bool:
-        try:
-            conditions = api.read_custom_resource_definition("canaryreleases.canarist.dev").status.conditions or []
-        except Exception as exc:  # noqa: BLE001 - a loaded apiserver may refuse a read for a moment
-            seen[:] = [repr(exc)]
-            return False
-        seen[:] = [(c.type, c.status, c.reason) for c in conditions]
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    try:
-        wait_until(established, timeout, "the CanaryRelease CRD to be Established", interval=1)
-    except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; last seen: {seen}") from None
-
-
 @pytest.fixture(scope="module")
 def bare_cluster() -> Iterator[LocalCluster]:
     """A second cluster without the Gateway API CRDs, as many real clusters are."""
@@ -94,7 +72,7 @@ def bare_cluster() -> Iterator[LocalCluster]:
     cluster = LocalCluster(name, default_workdir(name) / "cluster", nodes=1).start()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "canarist.dev_canaryreleases.yaml"))
-        wait_established(cluster)
+        cluster.wait_established("canaryreleases.canarist.dev")
         yield cluster
     finally:
         cluster.stop()

@@ -26,7 +26,7 @@ def test_demo_promotes_then_rolls_back_and_writes_the_timeline(tmp_path):
     # Both releases start in shadow; the worse one is stopped there, before any user saw its answers.
     assert "shadow Passed:" in out and "shadow Failed:" in out
     assert "rolled back revision" in out and "in shadow (100% of requests mirrored; no user was served" in out
-    assert " mirrored copies and 0 user requests" in out
+    assert " mirrored copies and 0 user requests with the edited prompt" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "nothing of the demo is left running" in out
     left = subprocess.run(["hack/check-no-leftovers.sh", "canarist-demo"], capture_output=True, text=True)

@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 def crd(stack):
     stack.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
                           str(ROOT / "crds" / "canarist.dev_canaryreleases.yaml"))
-    stack.cluster.kubectl("wait", "--for=condition=Established", "crd/canaryreleases.canarist.dev", "--timeout=30s")
+    stack.cluster.wait_established("canaryreleases.canarist.dev")
 
 
 def canarist(stack, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ VALID = {
 @pytest.fixture(scope="module")
 def crd_installed(stack):
     stack.cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    stack.cluster.kubectl("wait", "--for=condition=Established", "crd/canaryreleases.canarist.dev", "--timeout=30s")
+    stack.cluster.wait_established("canaryreleases.canarist.dev")
 
 
 def apply(stack, namespace: str, manifest: dict):

@@ -28,7 +28,7 @@ def example_cluster(stack):
     kubectl("apply", "--server-side", "--force-conflicts", "-f",
             str(Path(module["Dir"]) / "manifests" / "crds" / "application-crd.yaml"))
     for crd in ("canaryreleases.canarist.dev", "applications.argoproj.io"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+        stack.cluster.wait_established(crd)
     for namespace in ("prod", "infra", "argocd"):
         if kubectl("get", "namespace", namespace, check=False).returncode != 0:
             kubectl("create", "namespace", namespace)

@@ -13,7 +13,8 @@ import requests
 from canarist.devstack.gateway import GROUP, VERSION, LocalGateway
 from canarist.devstack.procs import wait_until
 
-from .test_pod_processes import deployment, endpoints, runner  # noqa: F401 - the runner fixture
+from tests.endpointslices import endpoints
+from .test_pod_processes import deployment, runner  # noqa: F401 - the runner fixture
 
 HOST = "split.test"
 
@@ -47,12 +48,11 @@ def test_requests_through_the_gateway_land_on_the_pods_by_the_routes_weights(kub
     apps = kubernetes.client.AppsV1Api(kube_client)
     core = kubernetes.client.CoreV1Api(kube_client)
     custom = kubernetes.client.CustomObjectsApi(kube_client)
-    discovery = kubernetes.client.DiscoveryV1Api(kube_client)
     for name in ("stable", "canary"):
         apps.create_namespaced_deployment(namespace, deployment(name, 1))
         core.create_namespaced_service(namespace, {"metadata": {"name": name}, "spec": {
             "selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}})
-        wait_until(lambda: any(endpoints(discovery, namespace, name).values()), 60, f"{name} ready")
+        wait_until(lambda: any(endpoints(kube_client, namespace, name).values()), 60, f"{name} ready")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "httproutes",
                                            route(gateway.parent_ref(), {"stable": 80, "canary": 20}))
     wait_until(lambda: served_by(gateway, 1), 60, "the route served through the gateway")

@@ -122,6 +122,30 @@ class LocalCluster:
             raise
         return self
 
+    def wait_established(self, crd: str, timeout: float = 300) -> None:
+        """Wait for a CRD to be Established, read from the API rather than with `kubectl wait`, and say
+        what was seen when it does not come: on a loaded machine a large CRD (CEL rules to compile)
+        can take well over kubectl's usual 30 s."""
+        import kubernetes  # the cluster itself needs no client; only this wait does
+
+        api = kubernetes.client.ApiextensionsV1Api(kubernetes.config.new_client_from_config(
+            config_file=str(self.kubeconfig)))
+        seen: list = []
+
+        def established() -> bool:
+            try:
+                conditions = api.read_custom_resource_definition(crd).status.conditions or []
+            except Exception as exc:  # noqa: BLE001 - a loaded apiserver may refuse a read for a moment
+                seen[:] = [repr(exc)]
+                return False
+            seen[:] = [(c.type, c.status, c.reason) for c in conditions]
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        try:
+            wait_until(established, timeout, f"CRD {crd} to be Established", interval=0.5)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last seen: {seen}") from None
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         assert self.bin_dir is not None, "cluster not started"
         return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],

@@ -38,6 +38,7 @@ from canarist.cli.releases import steps_bar
 from .chart import install_chart, operator_kubeconfig
 from .cluster import PROCESS_ANNOTATION
 from .gateway import GATEWAY_NAME, GATEWAY_NAMESPACE
+from .demoapp import prompt_digest
 from .gateway_traffic import GatewayTraffic
 from .judge_server import JudgeServer
 from .operator_process import OperatorProcess
@@ -249,7 +250,9 @@ def run(output: Path, fast: bool) -> Path:
         second_started = time.time()
         second = demo.release("release 2: a system prompt edit (answers degrade; HTTP 200, same latency)",
                               "prompt edit", lambda: demo.new_prompt(ROUNDING_PROMPT), 240)
-        users_on_canary = traffic.served(since=second_started)[APP]
+        # Users answered with the edited prompt (the promoted revision's pods may still answer a few
+        # requests with the old one while the gateway applies the route of release 1's end).
+        users_on_canary = traffic.prompts(since=second_started)[(APP, prompt_digest(ROUNDING_PROMPT))]
         copies = traffic.mirrored(since=second_started)[APP]
         if second.get("phase") == "RolledBack":
             demo.timeline.mark(demo.elapsed(), "rolled back", "tab:red")
@@ -264,7 +267,7 @@ def run(output: Path, fast: bool) -> Path:
             f"{sum(codes.values()) - codes['200']} failed ({dict(traffic.served())} by Deployment)")
         say(f"  {second.get('message')}")
         say(f"  release 2 in shadow: the canary answered {copies} mirrored copies and {users_on_canary} user "
-            "requests (its answers were judged, never shown)")
+            "requests with the edited prompt (its answers were judged, never shown)")
         failed = _export_count(judge.url, release)
         say(f"  the judge kept {failed} failed answers as eval cases: "
             f"curl '{judge.url}/v1/export?release={release}'  (while the demo runs)")

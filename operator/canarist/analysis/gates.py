@@ -9,7 +9,7 @@ from datetime import datetime
 import requests
 
 from canarist.api.durations import prometheus_duration
-from canarist.api.spec import Analysis, JudgeGate
+from canarist.api.spec import Analysis
 from canarist.api.status import Check, Evidence
 
 from .compare import run_comparisons
@@ -84,9 +84,8 @@ def count_pairs(analysis: Analysis, where: GateTarget, clients: GateClients, now
     judge = pair_judge(analysis)
     if judge is None:
         return None
-    gate = JudgeGate(url=judge[0], timeout=judge[1], min_score=0)  # only its address and timeout are used
     try:
-        verdict = fetch_verdict(clients.http, gate, f"{where.namespace}/{where.release}", "canary",
+        verdict = fetch_verdict(clients.http, judge, f"{where.namespace}/{where.release}", "canary",
                                 where.step_started_at, now)
     except VerdictError:
         return None

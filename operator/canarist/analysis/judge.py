@@ -47,11 +47,13 @@ class Verdict:
         return verdict
 
 
-def fetch_verdict(session: requests.Session, gate: JudgeGate, release: str, variant: str, since: datetime,
+def fetch_verdict(session: requests.Session, judge: tuple[str, str], release: str, variant: str, since: datetime,
                   until: datetime) -> Verdict:
-    body = get_json(session, gate.url, "/v1/verdict",
+    """The judge's verdict; `judge` is its (URL, timeout)."""
+    url, timeout = judge
+    body = get_json(session, url, "/v1/verdict",
                     {"release": release, "variant": variant, "since": _rfc3339(since), "until": _rfc3339(until)},
-                    parse_duration(gate.timeout).total_seconds(), VerdictError)
+                    parse_duration(timeout).total_seconds(), VerdictError)
     return Verdict.parse(body)
 
 
@@ -65,8 +67,8 @@ def check_judge(gate: JudgeGate, session: requests.Session, release: str, since:
     wanted = [name for name, value in (("judge-score", gate.min_score), ("judge-regression", gate.max_regression),
                                        ("judge-loss-rate", gate.max_loss_rate)) if value is not None]
     try:
-        canary = fetch_verdict(session, gate, release, "canary", since, now)
-        primary = (fetch_verdict(session, gate, release, "primary", baseline_since or since, now)
+        canary = fetch_verdict(session, (gate.url, gate.timeout), release, "canary", since, now)
+        primary = (fetch_verdict(session, (gate.url, gate.timeout), release, "primary", baseline_since or since, now)
                    if gate.max_regression is not None else None)
     except VerdictError as exc:
         return [Check(name=name, kind="judge", result=CheckResult.ERROR, message=str(exc), at=now) for name in wanted]

@@ -112,7 +112,7 @@ class Cluster:
             if exc.status == 404:
                 return None
             raise
-        refs = route["spec"]["rules"][0]["backendRefs"]
+        refs = route["spec"]["rules"][-1]["backendRefs"]  # the default rule: cohorts' rules come first
         weights = {r["name"]: r.get("weight", 1) for r in refs}
         return weights.get(f"{name}-primary", 0), weights.get(f"{name}-canary", 0)
 

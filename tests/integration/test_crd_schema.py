@@ -105,6 +105,22 @@ def test_valid_manifest_is_accepted_with_defaults(stack, namespace, crd_installe
     ({"shadow": {"mirror": "Envoy"}}, ["spec.shadow.mirror", "Unsupported value", "Route", "External"]),
     ({"shadow": {"minDuration": "soon"}}, ["spec.shadow.minDuration", "should match"]),
     ({"shadow": {"minPairs": -1}}, ["spec.shadow.minPairs", "greater than or equal to 0"]),
+    # Cohorts: a match that is no valid HTTPRouteMatch, a repeated name, a contradictory split.
+    ({"cohorts": [{"name": "de", "factor": 5, "matches": [{"headers": [{"name": "Accept Language", "value": "de"}]}]}]},
+     ["spec.cohorts[0].matches[0].headers[0].name", "should match"]),
+    ({"cohorts": [{"name": "de", "factor": 5, "matches": [{"headers": [{"name": "a", "type": "Prefix", "value": "d"}]}]}]},
+     ["spec.cohorts[0].matches[0].headers[0].type", "Unsupported value"]),
+    ({"cohorts": [{"name": "de", "factor": 5, "matches": [{}]}]},
+     ["spec.cohorts[0].matches[0]", "needs at least one header or query parameter"]),
+    ({"cohorts": [{"name": "de", "factor": 5, "matches": [{"headers": [{"name": "a", "value": "1"}]}]},
+                  {"name": "de", "factor": 2, "matches": [{"headers": [{"name": "a", "value": "2"}]}]}]},
+     ["spec.cohorts[1]", "Duplicate value"]),
+    ({"cohorts": [{"name": "de", "matches": [{"headers": [{"name": "a", "value": "1"}]}]}]},
+     ["spec.cohorts[0]", "set exactly one of factor"]),
+    ({"cohorts": [{"name": "de", "steps": [5, 100], "matches": [{"headers": [{"name": "a", "value": "1"}]}]}]},
+     ["spec.cohorts", "a cohort's steps need one entry per entry of spec.steps"]),
+    ({"cohorts": [{"name": "de", "factor": 5, "matches": [{"headers": [{"name": "X-Canarist-Cohort", "value": "1"}]}]}]},
+     ["spec.cohorts[0].matches[0]", "X-Canarist-Cohort is set by canarist's route"]),
 ])
 def test_invalid_manifests_are_rejected_naming_the_field(stack, namespace, crd_installed, changes, expected):
     manifest = with_spec(**changes)

@@ -37,7 +37,8 @@ def example_cluster(stack):
 
 def test_there_are_examples_of_each_kind():
     names = {p.name for p in EXAMPLES}
-    assert {"minimal.yaml", "judge-gate.yaml", "custom-steps.yaml", "gateway.yaml", "argocd.yaml", "shadow.yaml"} <= names
+    assert {"minimal.yaml", "judge-gate.yaml", "custom-steps.yaml", "gateway.yaml", "argocd.yaml", "shadow.yaml",
+            "cohorts.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

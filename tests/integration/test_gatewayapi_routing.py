@@ -10,7 +10,7 @@ from canarist.devstack.gatewayapi import GATEWAY_API_VERSION, install_gateway_ap
 from canarist.devstack.procs import wait_until
 from canarist.routing import GatewayAPIRouter, RouteConflict, RoutingUnavailable
 from canarist.routing import gatewayapi
-from canarist.routing.gatewayapi import GROUP, PLURAL, VERSION, is_missing_object
+from canarist.routing.gatewayapi import GROUP, PLURAL, VERSION, CohortRule, RouteState, is_missing_object
 
 pytestmark = pytest.mark.cluster
 
@@ -248,14 +248,14 @@ def test_a_mirroring_gateway_gets_a_request_mirror_filter_the_apiserver_accepts(
     assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
         "backendRef": {"group": "", "kind": "Service", "name": "bot-canary", "port": 8080}, "percent": 25}}]
     assert [(r["name"], r["weight"]) for r in rule["backendRefs"]] == [("bot-primary", 100), ("bot-canary", 0)]
-    assert router.get_route() == (100, 0, 25)
+    assert router.get_route()[:3] == (100, 0, 25)
     writes = count_writes(router)
     router.ensure(100, 0, 25)
     assert writes == [], "the server's defaults in the filter do not read as a change"
     router.ensure(99, 1)
-    assert router.get_route() == (99, 1, 0) and "filters" not in get_route(custom, namespace)["spec"]["rules"][0]
+    assert router.get_route()[:3] == (99, 1, 0) and "filters" not in get_route(custom, namespace)["spec"]["rules"][0]
     router.ensure(100, 0, 25)
-    assert router.reweight(100, 0) and router.get_route() == (100, 0, 0), "the way back drops the mirror"
+    assert router.reweight(100, 0) and router.get_route()[:3] == (100, 0, 0), "the way back drops the mirror"
 
 
 def test_a_gateway_that_does_not_list_mirroring_never_gets_the_filter(kube_client, namespace, custom):
@@ -267,7 +267,7 @@ def test_a_gateway_that_does_not_list_mirroring_never_gets_the_filter(kube_clien
     assert "HTTPRouteRequestMirror" in problem and "External" in problem
     with pytest.raises(gatewayapi.RoutingError, match="HTTPRouteRequestMirror"):
         router.ensure(100, 0, 50)
-    assert router.get_route() == (100, 0, 0) and "filters" not in get_route(custom, namespace)["spec"]["rules"][0]
+    assert router.get_route()[:3] == (100, 0, 0) and "filters" not in get_route(custom, namespace)["spec"]["rules"][0]
 
 
 def test_a_class_that_lists_no_features_or_a_missing_gateway_counts_as_no_mirror(kube_client, namespace, custom):
@@ -275,3 +275,35 @@ def test_a_class_that_lists_no_features_or_a_missing_gateway_counts_as_no_mirror
     assert "lists no supportedFeatures" in (silent.mirror_problem() or "")
     missing = mirror_router(kube_client, namespace, [{"name": "nowhere"}], owner="other-release")
     assert f"Gateway {namespace}/nowhere was not found" in (missing.mirror_problem() or "")
+
+
+def test_cohort_rules_come_first_are_accepted_by_the_apiserver_and_read_back(kube_client, namespace, custom):
+    parents = make_gateway(custom, namespace, ["HTTPRouteRequestMirror"])
+    router = mirror_router(kube_client, namespace, parents)
+    german = ({"headers": [{"name": "Accept-Language", "value": "de"}]},
+              {"queryParams": [{"name": "lang", "type": "RegularExpression", "value": "de(-.*)?"}]})
+    cohorts = [CohortRule("de", german, 5), CohortRule("beta", ({"queryParams": [{"name": "beta", "value": "1"}]},), 1)]
+    router.ensure(99, 1, 0, cohorts)
+    rules = get_route(custom, namespace)["spec"]["rules"]
+    assert len(rules) == 3
+    assert rules[0]["matches"][0]["headers"] == [{"name": "x-tier", "type": "Exact", "value": "beta"},
+                                                 {"name": "Accept-Language", "type": "Exact", "value": "de"}], \
+        "the route's own matches hold for the cohort too"
+    assert rules[0]["matches"][1]["queryParams"][0]["value"] == "de(-.*)?"
+    assert rules[0]["filters"] == [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+        "set": [{"name": "X-Canarist-Cohort", "value": "de"}]}}]
+    assert rules[2]["filters"] == [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+        "remove": ["X-Canarist-Cohort"]}}]
+    assert router.get_route() == RouteState(99, 1, 0, (("de", 5), ("beta", 1)))
+    writes = count_writes(router)
+    router.ensure(99, 1, 0, cohorts)
+    assert writes == [], "the server's defaults do not read as a change"
+
+    router.ensure(100, 0, 25, [c._replace(canary_weight=0) for c in cohorts])
+    rules = get_route(custom, namespace)["spec"]["rules"]
+    assert all(rule["filters"][-1]["type"] == "RequestMirror" for rule in rules), "every rule mirrors"
+    assert router.get_route() == RouteState(100, 0, 25, (("de", 0), ("beta", 0)))
+    router.ensure(80, 20, 0, [c._replace(canary_weight=100) for c in cohorts])
+    assert router.reweight(100, 0)
+    assert router.get_route() == RouteState(100, 0, 0, (("de", 0), ("beta", 0))), \
+        "the way back moves every rule to the primary and keeps the cohorts' tags"

@@ -56,6 +56,8 @@ class Sim:
     mirror: int = 0  # percent of requests the route mirrors to the canary
     mirror_problem: str | None = None  # the gateway cannot mirror
     pairs: int | None = None  # judged shadow pairs the judge reports (with the checks)
+    cohort_route: tuple[tuple[str, int], ...] = ()  # each cohort rule's canary weight, as routed
+    cohorts_stuck: bool = False  # writes leave the cohort rules as they were (a gateway lagging behind)
 
     def tick(self, checks: tuple[Check, ...] | None = None, advance: float = 10, evidence=None,
              comparisons: tuple[Check, ...] | None = None) -> Decision:
@@ -72,6 +74,7 @@ class Sim:
             canary_available=self.canary_up and not self.canary_broken,
             routed_weight=self.route[1] if self.route else None,
             routed_mirror=self.mirror, mirror_problem=self.mirror_problem,
+            routed_cohorts=self.cohort_route if self.route else None,
             shadow_pairs=self.pairs if due else None,
             problems=self.problems, requests=self.requests,
             checks=(checks if checks is not None else ()) if due else None,
@@ -94,6 +97,8 @@ class Sim:
                 raise RuntimeError("HTTPRoute write failed: 500")
             self.route = (action.primary, action.canary)
             self.mirror = action.mirror
+            if not self.cohorts_stuck:
+                self.cohort_route = tuple((cohort.name, weight) for cohort, weight in action.cohorts)
         elif isinstance(action, ScaleCanary):
             self.canary_up = action.up
 

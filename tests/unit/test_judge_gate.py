@@ -129,3 +129,22 @@ def test_unreachable_judge_is_a_provider_error():
 def test_gate_needs_a_threshold():
     with pytest.raises(ValueError, match="without a threshold"):
         JudgeGate.model_validate({"url": "http://judge"})
+
+
+def test_a_cohort_is_judged_on_its_own_samples_with_its_coverage(judge):
+    from canarist.api.spec import Cohort
+    cohort = Cohort.model_validate({"name": "de", "matches": [{"headers": [{"name": "Accept-Language", "value": "de"}]}],
+                                    "factor": 5, "minSamples": 40})
+    judge["canary"] = verdict(judged=30, mean=0.3)
+    spec = JudgeGate.model_validate({"url": judge["url"], "minSamples": 20, "minScore": 0.8})
+    checks = {c.name: c for c in check_judge(spec, requests.Session(), "prod/bot", SINCE, NOW, cohort=cohort)}
+    assert set(checks) == {"judge-samples[de]", "judge-score[de]"}
+    assert all(c.cohort == "de" for c in checks.values())
+    coverage = checks["judge-samples[de]"]
+    assert (coverage.result, coverage.value, coverage.min) == (CheckResult.NO_DATA, 30, 40)
+    assert checks["judge-score[de]"].result == CheckResult.NO_DATA, "the cohort's minSamples replaces the gate's"
+    assert judge["queries"][0]["segment"] == "de"
+    judge["canary"] = verdict(judged=45, mean=0.3)
+    checks = {c.name: c for c in check_judge(spec, requests.Session(), "prod/bot", SINCE, NOW, cohort=cohort)}
+    assert checks["judge-samples[de]"].result == CheckResult.PASSED
+    assert checks["judge-score[de]"].result == CheckResult.FAILED and checks["judge-score[de]"].value == 0.3

@@ -495,3 +495,25 @@ def test_middleware_tells_the_app_before_it_runs_and_reports_the_copy_as_mirrore
     JudgeMiddleware(lambda e, sr: (marks.append(e["canarist.mirrored"]), echo_app(e, sr))[1],
                     JudgeReporter(None))(_environ(HTTP_HOST="x-shadow"), lambda *a: (lambda d: None))
     assert marks == [True]
+
+
+def test_middleware_reports_the_cohort_the_route_put_the_request_in(judge, reporters):
+    reporter = reporters(judge.url, release=RELEASE, flush_interval=0.01)
+    seen = {}
+
+    def app(environ, start_response):
+        seen["cohort"] = environ["canarist.cohort"]
+        return echo_app(environ, start_response)
+
+    _call(JudgeMiddleware(app, reporter), _environ(body=b"Wie spat ist es?", HTTP_X_CANARIST_COHORT="de"))
+    _call(JudgeMiddleware(app, reporter), _environ(body=b"What time is it?"))
+    assert reporter.flush(5)
+    assert [s.get("segment") for s in judge.samples] == ["de", None]
+    assert seen["cohort"] is None
+
+
+def test_cohort_of_reads_the_route_header_and_ignores_blanks():
+    from canarist.judge.reporter import cohort_of
+    assert cohort_of({"X-Canarist-Cohort": " de "}) == "de"
+    assert cohort_of({"x-canarist-cohort": "mobile"}) == "mobile"
+    assert cohort_of({"X-Canarist-Cohort": "  "}) is None and cohort_of({}) is None

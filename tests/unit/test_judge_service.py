@@ -150,6 +150,7 @@ def test_ingest_score_and_verdict_numbers_are_exact():
                 "passMark": 0.5, "failed": 1,
                 "pairwise": {"wins": 0, "losses": 0, "ties": 0},
                 "budget": {"tokensUsed": 50, "tokenBudget": None, "exhausted": False},
+                "segment": None, "segments": {},
             }
             assert mean == pytest.approx(0.65) and ci[0] == pytest.approx(0.65 - 3.182446 * 0.310913 / 2, abs=1e-5)
             assert (await verdict(client, revision="new1"))["judged"] == 4
@@ -487,3 +488,20 @@ def test_config_from_flags_env_and_defaults():
         JudgeConfig(pass_mark=1.5)
     assert JudgeConfig(listen="[::1]:9000").host == "::1"
     assert math.isclose(JudgeConfig.from_sources({"timeout": "2.5"}).timeout, 2.5)
+
+
+def test_verdicts_per_segment_and_the_coverage_of_every_segment():
+    async def scenario():
+        async with judge(config(), FakeScorer()) as (client, service):
+            await post(client, {"samples": [
+                s(request=f"q{i}", response=f"{score} text", ts=i, segment=segment)
+                for i, (score, segment) in enumerate(((0.9, None), (0.8, None), (0.2, "de"), (0.4, "de"), (0.9, "fr")))
+            ]})
+            await service.wait_idle()
+            everything = await verdict(client)
+            german = await verdict(client, segment="de")
+            assert everything["judged"] == 5 and everything["segments"] == {"de": 2, "fr": 1}
+            assert german["judged"] == 2 and german["meanScore"] == pytest.approx(0.3)
+            assert german["segment"] == "de" and german["segments"] == {"de": 2, "fr": 1}
+            assert (await verdict(client, segment="es"))["judged"] == 0
+    run(scenario())

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import requests
 
 from canarist.api.durations import prometheus_duration
-from canarist.api.spec import Analysis
+from canarist.api.spec import Analysis, Cohort
 from canarist.api.status import Check, Evidence
 
 from .compare import run_comparisons
 from .judge import VerdictError, check_judge, fetch_verdict
 from .prometheus import PrometheusClientCache, check_metric, check_samples
 from .sources import SourceContext
-from .templating import QueryVariables
+from .templating import QueryVariables, uses_variable
 
 
 @dataclass
@@ -36,6 +36,7 @@ class GateTarget:
     target: str        # the Deployment's name
     step_started_at: datetime
     rollout_started_at: datetime
+    cohorts: tuple[Cohort, ...] = ()  # the rollout's cohorts, each judged on its own as well
 
 
 def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: datetime) -> tuple[Check, ...]:
@@ -45,11 +46,21 @@ def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: 
     if analysis.min_samples is not None:
         checks.append(check_samples(analysis.min_samples, variables, clients.prometheus,
                                     clients.default_prometheus, now))
-    checks += [check_metric(gate, variables, clients.prometheus, clients.default_prometheus, now)
-               for gate in analysis.metrics]
+    for gate in analysis.metrics:
+        checks.append(check_metric(gate, variables, clients.prometheus, clients.default_prometheus, now))
+        if uses_variable(gate.prometheus.query, "cohort"):
+            # A cohort that fails fails the check, however well all traffic together does.
+            for cohort in where.cohorts:
+                check = check_metric(gate, replace(variables, cohort=cohort.name), clients.prometheus,
+                                     clients.default_prometheus, now)
+                checks.append(check.model_copy(update={"name": f"{gate.name}[{cohort.name}]", "cohort": cohort.name}))
     if analysis.judge is not None:
-        checks += check_judge(analysis.judge, clients.http, f"{where.namespace}/{where.release}",
-                              where.step_started_at, now, baseline_since=where.rollout_started_at)
+        release = f"{where.namespace}/{where.release}"
+        checks += check_judge(analysis.judge, clients.http, release, where.step_started_at, now,
+                              baseline_since=where.rollout_started_at)
+        for cohort in where.cohorts:
+            checks += check_judge(analysis.judge, clients.http, release, where.step_started_at, now,
+                                  baseline_since=where.rollout_started_at, cohort=cohort)
     return tuple(checks)
 
 

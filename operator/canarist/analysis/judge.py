@@ -12,7 +12,7 @@ from datetime import datetime
 import requests
 
 from canarist.api.durations import parse_duration
-from canarist.api.spec import JudgeGate
+from canarist.api.spec import Cohort, JudgeGate
 from canarist.api.status import Check, CheckResult
 
 from .judge_http import get_json
@@ -48,40 +48,66 @@ class Verdict:
 
 
 def fetch_verdict(session: requests.Session, judge: tuple[str, str], release: str, variant: str, since: datetime,
-                  until: datetime) -> Verdict:
-    """The judge's verdict; `judge` is its (URL, timeout)."""
+                  until: datetime, segment: str | None = None) -> Verdict:
+    """The judge's verdict; `judge` is its (URL, timeout); `segment`: on that cohort's samples alone."""
     url, timeout = judge
-    body = get_json(session, url, "/v1/verdict",
-                    {"release": release, "variant": variant, "since": _rfc3339(since), "until": _rfc3339(until)},
-                    parse_duration(timeout).total_seconds(), VerdictError)
+    params = {"release": release, "variant": variant, "since": _rfc3339(since), "until": _rfc3339(until)}
+    if segment is not None:
+        params["segment"] = segment
+    body = get_json(session, url, "/v1/verdict", params, parse_duration(timeout).total_seconds(), VerdictError)
     return Verdict.parse(body)
 
 
 def check_judge(gate: JudgeGate, session: requests.Session, release: str, since: datetime,
-                now: datetime, baseline_since: datetime | None = None) -> list[Check]:
+                now: datetime, baseline_since: datetime | None = None, cohort: Cohort | None = None) -> list[Check]:
     """One Check per threshold set. Too few judged samples is NoData, never a pass.
 
     The canary is judged on this step's samples. The primary's baseline covers the whole rollout
     (`baseline_since`): at the late steps the primary serves little or no traffic of its own.
+    With `cohort`: on that cohort's samples alone (the judge's segment), each check named
+    `<check>[<cohort>]`, after a `judge-samples[<cohort>]` check of its coverage; the cohort's
+    minSamples, if set, replaces the gate's.
     """
     wanted = [name for name, value in (("judge-score", gate.min_score), ("judge-regression", gate.max_regression),
                                        ("judge-loss-rate", gate.max_loss_rate)) if value is not None]
+    segment = None if cohort is None else cohort.name
+    if cohort is not None:
+        wanted.insert(0, "judge-samples")
+        if cohort.min_samples is not None:
+            gate = gate.model_copy(update={"min_samples": cohort.min_samples})
     try:
-        canary = fetch_verdict(session, (gate.url, gate.timeout), release, "canary", since, now)
-        primary = (fetch_verdict(session, (gate.url, gate.timeout), release, "primary", baseline_since or since, now)
-                   if gate.max_regression is not None else None)
+        canary = fetch_verdict(session, (gate.url, gate.timeout), release, "canary", since, now, segment)
+        primary = (fetch_verdict(session, (gate.url, gate.timeout), release, "primary", baseline_since or since, now,
+                                 segment) if gate.max_regression is not None else None)
     except VerdictError as exc:
-        return [Check(name=name, kind="judge", result=CheckResult.ERROR, message=str(exc), at=now) for name in wanted]
+        return [_in_cohort(Check(name=name, kind="judge", result=CheckResult.ERROR, message=str(exc), at=now), segment)
+                for name in wanted]
 
     checks = []
     for name in wanted:
-        if name == "judge-score":
+        if name == "judge-samples":
+            checks.append(_coverage_check(gate, canary, segment or "", now))
+        elif name == "judge-score":
             checks.append(_score_check(gate, canary, now))
         elif name == "judge-regression":
             checks.append(_regression_check(gate, canary, primary, now))
         else:
             checks.append(_loss_check(gate, canary, now))
-    return checks
+    return [_in_cohort(check, segment) for check in checks]
+
+
+def _in_cohort(check: Check, cohort: str | None) -> Check:
+    if cohort is None:
+        return check
+    return check.model_copy(update={"name": f"{check.name}[{cohort}]", "cohort": cohort})
+
+
+def _coverage_check(gate: JudgeGate, canary: Verdict, cohort: str, now: datetime) -> Check:
+    enough = canary.judged >= gate.min_samples
+    return Check(name="judge-samples", kind="judge", value=canary.judged, min=gate.min_samples, at=now,
+                 result=CheckResult.PASSED if enough else CheckResult.NO_DATA,
+                 message=f"{canary.judged} judged canary samples of cohort {cohort} this step"
+                         + ("" if enough else f", {gate.min_samples} needed"))
 
 
 def _too_few(name: str, gate: JudgeGate, verdict: Verdict, variant: str, now: datetime, **bounds) -> Check | None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-VARIABLES = ("namespace", "target", "primary", "canary", "interval")
+VARIABLES = ("namespace", "target", "primary", "canary", "interval", "cohort")
+# {{ cohort }} outside a cohort's own evaluation: a regular expression matching every label value.
+ALL_COHORTS = ".*"
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
@@ -22,6 +24,7 @@ class QueryVariables:
     namespace: str
     target: str
     interval: str  # a PromQL range, e.g. "60s"
+    cohort: str = ALL_COHORTS  # a cohort's name when a gate is evaluated for that cohort alone
 
     @property
     def primary(self) -> str:
@@ -38,6 +41,10 @@ class QueryVariables:
 
 def unknown_variables(template: str, allowed: tuple[str, ...] = VARIABLES) -> list[str]:
     return sorted({name for name in _PLACEHOLDER.findall(template) if name not in allowed})
+
+
+def uses_variable(template: str, name: str) -> bool:
+    return name in _PLACEHOLDER.findall(template)
 
 
 def render(template: str, variables: QueryVariables, extra: dict[str, str] | None = None) -> str:

@@ -82,9 +82,10 @@ class HTTPQueryParamMatch(ApiModel):
     value: str = Field(min_length=1, max_length=1024)
 
 
-def _unique_names(items: list[HTTPHeaderMatch] | list[HTTPQueryParamMatch]) -> list:
-    # The CRD makes these lists maps keyed by name, so the API server refuses repeated names.
-    names = [item.name for item in items]
+def unique_names(items: list[HTTPHeaderMatch] | list[HTTPQueryParamMatch], fold_case: bool = False) -> list:
+    """Repeated names are refused: the CRD makes these lists maps keyed by name, and Gateway API
+    considers only the first of header names that differ in case alone (`fold_case`)."""
+    names = [item.name.lower() if fold_case else item.name for item in items]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"names must be unique; repeated: {', '.join(repeated)}")
@@ -102,7 +103,7 @@ class HTTPRouteMatch(ApiModel):
     @field_validator("headers", "query_params")
     @classmethod
     def _unique(cls, items: list | None) -> list | None:
-        return items if items is None else _unique_names(items)
+        return items if items is None else unique_names(items)
 
 
 def _valid_match(match: dict[str, Any]) -> dict[str, Any]:

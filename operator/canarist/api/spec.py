@@ -18,7 +18,7 @@ from pydantic_core import CoreSchema, core_schema
 from .base import ApiModel
 from .compare import Comparison
 from .durations import DURATION_PATTERN, parse_duration
-from .gatewayapi import Hostname, ParentReference, RouteMatch
+from .gatewayapi import HTTPHeaderMatch, HTTPQueryParamMatch, Hostname, ParentReference, RouteMatch, unique_names
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Service names are DNS-1035 labels (<= 63, starting with a letter); "-primary" adds 8.
@@ -238,6 +238,77 @@ class Shadow(ApiModel):
         "The gates that decide the shadow phase; default spec.analysis, evaluated on the mirrored traffic."))
 
 
+# The gateway sets this header on the requests a cohort's rule matched (and removes it from all
+# others), so the application and its reporter learn the segment the way the route matched it.
+COHORT_HEADER = "X-Canarist-Cohort"
+COHORT_MATCH_EMPTY = ("a cohort match needs at least one header or query parameter: an empty match is all "
+                      "traffic, which is what spec.steps already routes")
+COHORT_SPLIT_MESSAGE = ("set exactly one of factor (a multiple of each step's share) and steps (the cohort's own "
+                        "share at each step)")
+
+
+class CohortMatch(ApiModel):
+    """Gateway API HTTPRouteMatch conditions on headers and query parameters; all of them must hold.
+    The route's own matches (spec.routing.gatewayAPI.matches: paths, methods) apply to cohorts too."""
+
+    headers: list[HTTPHeaderMatch] | None = Field(default=None, max_length=16, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    query_params: list[HTTPQueryParamMatch] | None = Field(default=None, max_length=16, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        _cel("(has(self.headers) && size(self.headers) > 0) || (has(self.queryParams) && size(self.queryParams) > 0)",
+             COHORT_MATCH_EMPTY),
+        _cel(f"!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != '{COHORT_HEADER.lower()}')",
+             f"{COHORT_HEADER} is set by canarist's route; match on the headers clients send"),
+    ]}}
+
+    @field_validator("headers", "query_params")
+    @classmethod
+    def _unique(cls, items: list | None) -> list | None:
+        return items if items is None else unique_names(items, fold_case=True)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "CohortMatch":
+        if not self.headers and not self.query_params:
+            raise ValueError(COHORT_MATCH_EMPTY)
+        if any(h.name.lower() == COHORT_HEADER.lower() for h in self.headers or ()):
+            raise ValueError(f"{COHORT_HEADER} is set by canarist's route; match on the headers clients send")
+        return self
+
+
+class Cohort(ApiModel):
+    """A segment of traffic that historically breaks (a language, mobile clients, long sessions): it gets
+    more of the canary than the rest at each step, and its own verdicts."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description=(
+        "Names the cohort in checks, status and the judge's segments (the X-Canarist-Cohort header)."))
+    matches: list[CohortMatch] = Field(min_length=1, max_length=8, description=(
+        "A request in any of these matches is in the cohort."))
+    factor: float | None = Field(default=None, ge=1, le=100, description=(
+        "The cohort's canary share is this many times the step's, capped at 100 (factor 5: 5 % at the 1 % step)."))
+    steps: list[Annotated[int, Field(ge=1, le=100)]] | None = Field(default=None, max_length=20, description=(
+        "The cohort's own canary share at each step of spec.steps (one entry per step, none below the step's "
+        "share, never decreasing, ending at 100)."))
+    min_samples: int | None = Field(default=None, ge=1, le=100000, description=(
+        "Judged canary samples of this cohort each step needs: the step holds until it has them. Unset: the "
+        "cohort's verdicts count once it has analysis.judge.minSamples, and too little of it never holds a step."))
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        _cel("has(self.factor) != has(self.steps)", COHORT_SPLIT_MESSAGE),
+        _cel("!has(self.steps) || (self.steps.isSorted() && self.steps[size(self.steps) - 1] == 100)",
+             "a cohort's steps must not decrease and must end at 100"),
+    ]}}
+
+    @model_validator(mode="after")
+    def _split(self) -> "Cohort":
+        if (self.factor is None) == (self.steps is None):
+            raise ValueError(COHORT_SPLIT_MESSAGE)
+        if self.steps is not None and (self.steps[-1] != 100 or any(b < a for a, b in zip(self.steps, self.steps[1:]))):
+            raise ValueError("a cohort's steps must not decrease and must end at 100")
+        return self
+
+
 STEPS_RULES = [
     _cel("self[size(self) - 1] == 100", "steps must end at 100"),
     _cel("self.isSorted()", "steps must increase"),
@@ -250,6 +321,8 @@ class CanaryReleaseSpec(ApiModel):
     model_config = {"json_schema_extra": {"x-kubernetes-validations": [
         _cel("self.targetRef.name == oldSelf.targetRef.name",
              "targetRef.name is immutable; create a new CanaryRelease for another Deployment"),
+        _cel("!has(self.cohorts) || self.cohorts.all(c, !has(c.steps) || size(c.steps) == size(self.steps))",
+             "a cohort's steps need one entry per entry of spec.steps", "cohorts"),
     ]}}
 
     target_ref: TargetRef
@@ -266,6 +339,10 @@ class CanaryReleaseSpec(ApiModel):
     shadow: Shadow | None = Field(default=None, description=(
         "Optional phase before the first step: the canary answers mirrored requests that no user sees, "
         "judged against the primary's answers to the same requests."))
+    cohorts: list[Cohort] = Field(default_factory=list, max_length=8, description=(
+        "Segments that get a larger canary share than the rest at each step, each judged on its own: a cohort "
+        "that fails fails the check even when all traffic together passes. Traffic in no cohort follows steps."),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     suspend: bool = Field(default=False, description="Hold everything: no new rollout starts and a running one pauses.")
 
     @field_validator("steps")
@@ -276,3 +353,26 @@ class CanaryReleaseSpec(ApiModel):
         if any(b <= a for a, b in zip(steps, steps[1:])):
             raise ValueError("steps must increase")
         return steps
+
+    @field_validator("cohorts")
+    @classmethod
+    def _cohort_names(cls, cohorts: list[Cohort]) -> list[Cohort]:
+        names = [c.name for c in cohorts]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"cohort names must be unique; repeated: {', '.join(repeated)}")
+        return cohorts
+
+    @model_validator(mode="after")
+    def _cohort_steps(self) -> "CanaryReleaseSpec":
+        for i, cohort in enumerate(self.cohorts):
+            if cohort.steps is None:
+                continue
+            if len(cohort.steps) != len(self.steps):
+                raise ValueError(f"spec.cohorts[{i}].steps ({cohort.name}) has {len(cohort.steps)} entries and "
+                                 f"spec.steps {len(self.steps)}; give the cohort's share at every step")
+            below = [f"{c}% at the {s}% step" for c, s in zip(cohort.steps, self.steps) if c < s]
+            if below:
+                raise ValueError(f"spec.cohorts[{i}].steps ({cohort.name}) gives the cohort less than the rest: "
+                                 f"{', '.join(below)}; a cohort's share is at least the step's")
+        return self

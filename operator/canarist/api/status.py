@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .base import ApiModel
-from .spec import Analysis, Shadow
+from .spec import Analysis, Cohort, Shadow
 
 
 class Phase(str, Enum):
@@ -70,6 +70,7 @@ class Check(StatusModel):
     max: float | None = None
     message: str = ""
     at: datetime
+    cohort: str | None = Field(default=None, description="The cohort this check judged alone; absent: all traffic.")
 
     def describe(self) -> str:
         bounds = " and ".join(p for p in (
@@ -126,6 +127,17 @@ class ShadowStatus(StatusModel):
     checks: list[Check] = Field(default_factory=list, description="The shadow's last checks: its verdicts.")
 
 
+class CohortStatus(StatusModel):
+    """One cohort of the rollout in progress or last rolled out."""
+
+    name: str
+    canary_weight: int = Field(default=0, description="The cohort's canary share in the route, as read.")
+    judged: int | None = Field(default=None, description=(
+        "Judged canary samples of the cohort in its step, at the last check (the judge's coverage); absent: not "
+        "asked yet."))
+    min_samples: int | None = Field(default=None, description="Judged samples each step needs (spec minSamples).")
+
+
 class PendingEvent(StatusModel):
     """An Event of the last transition, recorded with it so that it is posted exactly once even when
     the operator dies between writing the status and posting it (its name comes from `key`)."""
@@ -158,6 +170,9 @@ class CanaryReleaseStatus(StatusModel):
     pinned_analysis: Analysis | None = Field(default=None, description="Analysis in force for the rollout in progress.")
     pinned_shadow: Shadow | None = Field(default=None, description="Shadow phase in force for the rollout in progress.")
     shadow: ShadowStatus | None = Field(default=None, description="Where the rollout's shadow phase stands.")
+    pinned_cohorts: list[Cohort] | None = Field(default=None, description="Cohorts in force for the rollout in progress.")
+    cohorts: list[CohortStatus] = Field(default_factory=list, description=(
+        "Each cohort's canary share and judged coverage; its checks are in lastChecks (with cohort set)."))
     rollout_started_at: datetime | None = None
     step_started_at: datetime | None = None
     hold_started_at: datetime | None = Field(default=None, description=(
@@ -209,6 +224,13 @@ class CanaryReleaseStatus(StatusModel):
     @classmethod
     def _lenient_pinned_shadow(cls, value: Any) -> Any:
         return _known_fields(Shadow, value) if isinstance(value, dict) else value
+
+    @field_validator("pinned_cohorts", mode="before")
+    @classmethod
+    def _lenient_pinned_cohorts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [_known_fields(Cohort, v) if isinstance(v, dict) else v for v in value]
 
 
 def _known_fields(model: type[ApiModel], data: dict) -> dict:

@@ -173,6 +173,25 @@ def render_shadow(status: dict) -> list[str]:
     return lines
 
 
+def render_cohorts(status: dict) -> list[str]:
+    """Each cohort: its canary share as routed, its judged coverage and its own checks' values."""
+    cohorts = status.get("cohorts") or []
+    if not cohorts:
+        return []
+    checks = status.get("lastChecks") or []
+    lines = [f"  cohorts    {'NAME':<16} {'CANARY':>6}  {'JUDGED':<14} CHECKS"]
+    for cohort in cohorts:
+        name = cohort["name"]
+        judged = "-" if cohort.get("judged") is None else str(cohort["judged"])
+        if cohort.get("minSamples"):
+            judged += f" (needs {cohort['minSamples']})"
+        own = [f"{c['name'].removesuffix(f'[{name}]')}={_value(c.get('value'))} {c['result']}"
+               for c in checks if c.get("cohort") == name and not c["name"].startswith("judge-samples")]
+        lines.append(f"             {name:<16} {cohort.get('canaryWeight', 0):>5}%  {judged:<14} "
+                     f"{', '.join(own) or '-'}")
+    return lines
+
+
 def render_config(revisions: dict) -> list[str]:
     """The tracked ConfigMaps and Secrets of both revisions (names and content hashes), and what
     the canary's revision changes: the reason for its rollout."""
@@ -205,6 +224,7 @@ def render_status(body: dict, events: list, now: datetime) -> str:
     lines += render_shadow(status)
     if steps:
         lines.append(f"  steps      {steps_bar(status) or ' → '.join(f'{s}%' for s in steps)}")
+    lines += render_cohorts(status)
     revisions = status.get("revisions") or {}
     lines.append(f"  revisions  primary {revisions.get('primary') or '-'}  canary {revisions.get('canary') or '-'}")
     lines += render_config(revisions)
@@ -217,11 +237,11 @@ def render_status(body: dict, events: list, now: datetime) -> str:
     checks = status.get("lastChecks") or []
     if checks:
         lines.append(f"  checks ({_ago(status.get('lastCheckAt'), now)}):")
-        lines.append(f"    {'NAME':<20} {'RESULT':<8} {'VALUE':>10}  THRESHOLD")
+        lines.append(f"    {'NAME':<24} {'RESULT':<8} {'VALUE':>10}  THRESHOLD")
         for c in checks:
             bounds = " and ".join(x for x in (f">= {c['min']:g}" if c.get("min") is not None else "",
                                               f"<= {c['max']:g}" if c.get("max") is not None else "") if x)
-            lines.append(f"    {c['name']:<20} {c['result']:<8} {_value(c.get('value')):>10}  {bounds or '-'}"
+            lines.append(f"    {c['name']:<24} {c['result']:<8} {_value(c.get('value')):>10}  {bounds or '-'}"
                          + (f"   {c['message']}" if c.get("message") and c["result"] != "Passed" else ""))
     lines += render_evidence(status)
     conditions = status.get("conditions") or []

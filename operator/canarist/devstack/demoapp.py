@@ -15,6 +15,10 @@ canarist's judge through `canarist.judge.reporter.JudgeReporter`.
         --revision abc --port 0 --port-file /tmp/port --error-rate 0.1 --latency-ms 5 --seed 1 \
         --wrong-rate 0.3 --judge-url http://127.0.0.1:8080 --release default/web
 
+`--wrong-languages de` makes every answer to a request in that language (the first tag of its
+Accept-Language header) wrong: a version that answers well in English and badly in German, which an
+aggregate score over all traffic can hide and a cohort's own verdict cannot.
+
 Endpoints: `GET|POST /answer?q=...`, `GET /metrics`, `GET /healthz`, `GET|POST /admin/config`.
 Only `/answer` is application traffic: scrapes, health checks and admin calls are not counted,
 so they cannot dilute an error rate.
@@ -39,7 +43,7 @@ from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..judge.reporter import JudgeReporter, is_mirrored
+from ..judge.reporter import JudgeReporter, cohort_of, is_mirrored
 from .localproc import LocalServerProcess, exit_with_parent, make_workdir, write_port_file
 from .procs import start_process
 
@@ -128,6 +132,12 @@ def answer_question(question: str, wrong_by: int = 0, round_to: int | None = Non
     return f"{expression} = {_show(result + wrong_by)}.", not wrong_by
 
 
+def language_of(accept_language: str | None) -> str:
+    """The primary subtag of an Accept-Language header's first language ("de-CH,de;q=0.9" -> "de")."""
+    first = (accept_language or "").split(",")[0].split(";")[0].strip().lower()
+    return first.split("-")[0]
+
+
 class Behaviour:
     """Injected error rate, latency and wrong-answer rate, changeable at run time; the random
     draws are seeded."""
@@ -193,7 +203,9 @@ class Metrics:
         # Series exist at 0 from the start: otherwise `sum(rate(...{code=~"5.."}))` of a version
         # that has never failed is an empty result rather than 0. Mirrored (shadow) requests are
         # labelled, so that they never count as user traffic where that matters.
-        self._requests: dict[tuple[str, str], int] = {(code, m): 0 for code in ("200", "500") for m in ("false", "true")}
+        # Keyed (code, mirrored, cohort); a cohort's series start at 0 when its first request comes.
+        self._requests: dict[tuple[str, str, str], int] = {
+            (code, m, ""): 0 for code in ("200", "500") for m in ("false", "true")}
         self._notifications = {"sent": 0, "skipped_mirrored": 0}
         self._buckets = [0] * len(BUCKETS)
         self._count = 0
@@ -208,9 +220,13 @@ class Metrics:
         with self._lock:
             self._notifications["skipped_mirrored" if mirrored else "sent"] += 1
 
-    def observe(self, code: int, seconds: float, mirrored: bool = False) -> None:
-        key = (str(code), "true" if mirrored else "false")
+    def observe(self, code: int, seconds: float, mirrored: bool = False, cohort: str | None = None) -> None:
+        key = (str(code), "true" if mirrored else "false", cohort or "")
         with self._lock:
+            if cohort and key not in self._requests:
+                for c in ("200", "500"):
+                    for m in ("false", "true"):
+                        self._requests.setdefault((c, m, cohort), 0)
             self._requests[key] = self._requests.get(key, 0) + 1
             self._count += 1
             self._sum += seconds
@@ -227,8 +243,9 @@ class Metrics:
                 "# HELP http_requests_total Application requests answered, by status code.",
                 "# TYPE http_requests_total counter",
             ]
-            for (code, mirrored), n in sorted(self._requests.items()):
-                lines.append(f"http_requests_total{_labels({**self._base, 'code': code, 'mirrored': mirrored})} {n}")
+            for (code, mirrored, cohort), n in sorted(self._requests.items()):
+                labels = {**self._base, "code": code, "mirrored": mirrored, **({"cohort": cohort} if cohort else {})}
+                lines.append(f"http_requests_total{_labels(labels)} {n}")
             lines += [
                 "# HELP http_request_duration_seconds Time to answer an application request.",
                 "# TYPE http_request_duration_seconds histogram",
@@ -257,8 +274,9 @@ class DemoServer(ThreadingHTTPServer):
 
     def __init__(self, port: int, *, name: str, variant: str, revision: str, deployment: str,
                  behaviour: Behaviour, reporter: JudgeReporter | None = None, host: str = "127.0.0.1",
-                 system_prompt: str = "") -> None:
+                 system_prompt: str = "", wrong_languages: frozenset[str] = frozenset()) -> None:
         super().__init__((host, port), _Handler)
+        self.wrong_languages = wrong_languages
         self.name, self.variant, self.revision, self.deployment = name, variant, revision, deployment
         self.system_prompt, self.round_to = system_prompt, rounding_in(system_prompt)
         self.behaviour = behaviour
@@ -308,12 +326,15 @@ class _Handler(BaseHTTPRequestHandler):
                 question = ""
         fail, delay = self.server.behaviour.draw()
         wrong_by = self.server.behaviour.draw_wrong()
+        if language_of(self.headers.get("Accept-Language")) in self.server.wrong_languages:
+            wrong_by = wrong_by or 1
         if delay:
             time.sleep(delay)
         srv = self.server
         # A mirrored copy (the shadow phase) is answered like any request, but its answer reaches no
         # user and it must not act in the world: no follow-up is sent for it.
         mirrored = is_mirrored(self.headers.get("Host"), self.headers)
+        cohort = cohort_of(self.headers)
         request_id = self.headers.get("X-Request-Id") or None
         answer, correct = None, None
         if fail:
@@ -327,8 +348,10 @@ class _Handler(BaseHTTPRequestHandler):
                 payload["prompt"] = prompt_digest(srv.system_prompt)
             if mirrored:
                 payload["mirrored"] = True
+            if cohort:
+                payload["cohort"] = cohort
         # Counted before the answer leaves, so a client that reads /metrics right after sees it.
-        srv.metrics.observe(code, time.perf_counter() - started, mirrored)
+        srv.metrics.observe(code, time.perf_counter() - started, mirrored, cohort)
         if code == 200:
             srv.metrics.notified(mirrored)
         if correct is False:
@@ -337,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         if answer is not None and question.strip() and srv.reporter is not None:
             # Queued only: the judge never slows an answer. The request id pairs this answer with the
             # other version's answer to the same request (the mirror carries the same id).
-            srv.reporter.report(question, answer, request_id=request_id, mirrored=mirrored)
+            srv.reporter.report(question, answer, request_id=request_id, segment=cohort, mirrored=mirrored)
 
     def _admin(self, method: str, body: bytes) -> None:
         behaviour = self.server.behaviour
@@ -387,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--system-prompt", default=os.environ.get("SYSTEM_PROMPT", ""),
                         help="the stand-in model's system prompt (it follows \"round ... to the nearest ten\"); "
                              "default $SYSTEM_PROMPT, as a pod gets it from its ConfigMap")
+    parser.add_argument("--wrong-languages", default=os.environ.get("WRONG_LANGUAGES", ""),
+                        help="comma-separated languages (Accept-Language primary tags) whose every answer is wrong; "
+                             "default $WRONG_LANGUAGES")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (our parent) is gone")
     parser.add_argument("--drain-seconds", type=float, default=0.0,
                         help="on SIGTERM, go on answering this long (health failing) before exiting, as a pod "
@@ -411,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
     server = DemoServer(args.port, name=args.name, variant=args.variant, revision=args.revision,
                         deployment=deployment, behaviour=behaviour, reporter=reporter, host=args.host,
-                        system_prompt=args.system_prompt)
+                        system_prompt=args.system_prompt,
+                        wrong_languages=frozenset(t.strip().lower() for t in args.wrong_languages.split(",") if t.strip()))
     if args.parent_pid:
         threading.Thread(target=exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 

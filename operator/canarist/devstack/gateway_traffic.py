@@ -41,6 +41,8 @@ class Answer:
     question: str = ""
     prompt: str = ""  # the digest of the system prompt the answering pod runs with, if it has one
     request_id: str = ""
+    kind: str = ""  # which entry of the driver's `mix` the request was
+    cohort: str = ""  # the cohort the route put it in, as the answering pod saw it (X-Canarist-Cohort)
 
 
 def _require_loopback(url: str) -> tuple[str, int]:
@@ -59,13 +61,16 @@ class GatewayTraffic(BackgroundTraffic):
     the judge would never see both answer the same input. `in_order` asks them one after the other
     instead, each once while they last: every request different, as most real traffic is (pairs then
     come only from the mirror, by request id). Without questions request n asks "request n".
+    `mix`, if given, is [(kind, headers, weight)]: each request draws a kind by weight and carries its
+    headers (an Accept-Language, a client type), so a test can send cohorts' traffic and count, per
+    kind, where it landed and which cohort the route put it in.
     The driver stops itself after `max_duration` seconds, so a forgotten one cannot run on.
     """
 
     def __init__(self, gateway_url: str, host: str, rps: float = 20, *, questions: Sequence[str] | None = None,
                  path: str = "/answer", max_duration: float = 30 * 60, request_timeout: float = 5.0,
                  max_in_flight: int = 32, seed: int = 0, mirror: ShadowMirror | None = None,
-                 in_order: bool = False) -> None:
+                 in_order: bool = False, mix: Sequence[tuple[str, dict[str, str], float]] | None = None) -> None:
         super().__init__(host, rps, max_duration=max_duration, request_timeout=request_timeout,
                          max_in_flight=max_in_flight)
         if isinstance(questions, str):
@@ -82,6 +87,9 @@ class GatewayTraffic(BackgroundTraffic):
         self.mirror, self.in_order = mirror, in_order
         self._mirrored: list[Answer] = []  # the copies' answers, which no user saw
         self._mirror_slots = threading.Semaphore(max_in_flight)
+        if mix is not None and (not mix or any(weight <= 0 for _, _, weight in mix)):
+            raise ValueError("mix needs at least one (kind, headers, weight) with a positive weight")
+        self.mix = None if mix is None else tuple((kind, dict(headers), float(w)) for kind, headers, w in mix)
 
     # -- what tests look at ------------------------------------------------------------------
 
@@ -105,6 +113,11 @@ class GatewayTraffic(BackgroundTraffic):
     def failures(self, since: float = 0.0, until: float = float("inf")) -> list[Answer]:
         """Requests that got no good answer: anything but 200, the gateway's own errors included."""
         return [a for a in self.answers if since <= a.sent < until and a.code != "200"]
+
+    def landed(self, kind: str, since: float = 0.0, until: float = float("inf")) -> Counter[tuple[str, str]]:
+        """Good answers to requests of one `mix` kind, per (answering Deployment, cohort it was put in)."""
+        return Counter((a.served_by, a.cohort) for a in self.answers
+                       if since <= a.sent < until and a.kind == kind and a.code == "200")
 
     def mirrored(self, since: float = 0.0, until: float = float("inf")) -> Counter[str]:
         """Mirrored copies answered, per Deployment, for copies sent within [since, until)."""
@@ -149,7 +162,10 @@ class GatewayTraffic(BackgroundTraffic):
                     question = self._rng.choice(self.questions)
                 count += 1
                 request_id = uuid.uuid4().hex
-                pool.submit(self._send, question, request_id)
+                kind, headers = "", {}
+                if self.mix is not None:
+                    kind, headers, _ = self._rng.choices(self.mix, weights=[m[2] for m in self.mix])[0]
+                pool.submit(self._send, question, request_id, kind, headers)
                 if self.mirror is not None and self._rng.random() * 100 < self.mirror.percent():
                     endpoint = self.mirror.endpoint(self._rng)
                     # Best effort, as a gateway's mirror is: a copy that finds no free slot is dropped.
@@ -182,14 +198,14 @@ class GatewayTraffic(BackgroundTraffic):
         with self._lock:
             self._mirrored.append(Answer(sent, time.time(), served_by, code, question, "", request_id))
 
-    def _send(self, question: str, request_id: str = "") -> None:
+    def _send(self, question: str, request_id: str = "", kind: str = "", extra: dict[str, str] | None = None) -> None:
         sent = time.time()
         target = f"{self.path}?{urllib.parse.urlencode({'q': question})}"
-        served_by, code, prompt = GATEWAY, "error", ""
+        served_by, code, prompt, cohort = GATEWAY, "error", "", ""
         try:
             conn = self._connection()
             try:
-                headers = {"Host": self.host}
+                headers = {**(extra or {}), "Host": self.host}
                 if request_id:
                     headers["X-Request-Id"] = request_id
                 conn.request("GET", target, headers=headers)
@@ -200,6 +216,7 @@ class GatewayTraffic(BackgroundTraffic):
                     payload = json.loads(body)
                     served_by = str(payload.get("deployment") or GATEWAY)
                     prompt = str(payload.get("prompt") or "")
+                    cohort = str(payload.get("cohort") or "")
             except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, reset, timed out, garbled
                 log.debug("request to %s failed: %s", self.host, exc)
                 conn.close()
@@ -207,4 +224,5 @@ class GatewayTraffic(BackgroundTraffic):
         finally:
             self._in_flight.release()
         with self._lock:
-            self._answers.append(Answer(sent, time.time(), served_by, code, question, prompt, request_id))
+            self._answers.append(Answer(sent, time.time(), served_by, code, question, prompt, request_id, kind,
+                                        cohort))

@@ -28,8 +28,9 @@ from datetime import datetime, timedelta
 
 from canarist.api.compare import STEP_GUARD_CONFIDENCE
 from canarist.api.durations import parse_duration
-from canarist.api.spec import Analysis, CanaryReleaseSpec
-from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, Phase, ShadowStatus
+from canarist.api.cohorts import cohort_problems, cohort_weight
+from canarist.api.spec import Analysis, CanaryReleaseSpec, Cohort
+from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, CohortStatus, Phase, ShadowStatus
 
 from .changes import changes
 from .conditions import set_condition
@@ -92,6 +93,7 @@ class _Tick:
         self.s.observed_generation = generation
         self.d = Decision(status=self.s)
         self.spec_issues = spec_problems(spec)
+        self.cohorts_valid = not cohort_problems(spec)
         if spec.shadow is not None and spec.shadow.mirror == "Route" and world.mirror_problem:
             self.spec_issues.append(world.mirror_problem)
 
@@ -101,6 +103,10 @@ class _Tick:
         s, w = self.s, self.world
         if w.routed_weight is not None:
             s.canary_weight = w.routed_weight  # status tells the weight users get, not the one wished for
+        if w.routed_cohorts is not None:
+            routed = dict(w.routed_cohorts)
+            for cohort in s.cohorts:
+                cohort.canary_weight = routed.get(cohort.name, 0)
         if w.problems or w.target_revision is None:
             self._blocked()
         else:
@@ -158,7 +164,7 @@ class _Tick:
                 and self.world.routing_available):
             s.step_weight = 0
             s.message += "; all traffic is back on the primary, and the steps restart from the first once this is fixed"
-            self.d.actions.append(SetRoute(100, 0))
+            self.d.actions.append(self._route(0))
 
     def _block_clock(self) -> None:
         """Time blocked or paused mid-rollout does not count against holdTimeout."""
@@ -190,7 +196,7 @@ class _Tick:
         # Only a Ready primary gets traffic (the route may exist and serve something else: a route
         # handed back to the target by an earlier CanaryRelease of it), and nothing is scaled
         # down before the route is seen sending everything to the primary.
-        self.d.actions += [SetRoute(100, 0), EnsureApex()]
+        self.d.actions += [self._route(0), EnsureApex()]
         if w.routed_weight != 0:
             s.message = f"routing all traffic to the primary (revision {_short(serving)})"
             return
@@ -292,12 +298,14 @@ class _Tick:
                 self._enter_step(0)
             else:
                 s.message = f"waiting for the canary (revision {_short(s.revisions.canary)}) to be Ready"
-        elif w.routed_weight is not None and w.routed_weight != s.step_weight:
-            # A step begins when its weight is in the route, not when the status says so (a tick
+        elif w.routed_weight is not None and (w.routed_weight != s.step_weight or self._cohorts_unrouted()):
+            # A step begins when its weights are in the route, not when the status says so (a tick
             # cut short between the two, a route write that failed): no evidence of the step
             # counts before, and its first interval starts once users are there.
             s.step_started_at, s.last_check_at = self.now, None
             s.message = f"step {s.step_index + 1}: moving the route to {s.step_weight}% (it has {w.routed_weight}%)"
+            if w.routed_weight == s.step_weight:
+                s.message = f"step {s.step_index + 1}: moving the cohorts' rules to their shares"
         elif w.comparisons is not None and self._weigh_evidence(w.comparisons):
             pass  # rolled back, or left the last step below 100 % on the evidence
         elif w.checks is not None:
@@ -429,6 +437,8 @@ class _Tick:
         s.pinned_steps = list(self.spec.steps)
         s.pinned_analysis = self.spec.analysis.model_copy(deep=True)
         s.pinned_shadow = self.spec.shadow.model_copy(deep=True) if self.spec.shadow is not None else None
+        s.pinned_cohorts = [c.model_copy(deep=True) for c in self.spec.cohorts]
+        s.cohorts = [CohortStatus(name=c.name, min_samples=c.min_samples) for c in self.spec.cohorts]
         s.shadow = None
         s.step_index, s.step_weight = 0, 0
         s.step_started_at = s.last_check_at = None
@@ -545,6 +555,14 @@ class _Tick:
                            + "; ".join(c.describe() for c in regressions))
             return
 
+        judged = {c.cohort: c.value for c in checks if c.cohort is not None and c.name == f"judge-samples[{c.cohort}]"}
+        for cohort in s.cohorts:
+            if cohort.name in judged:
+                cohort.judged = None if judged[cohort.name] is None else int(judged[cohort.name])
+        # A cohort that does not require evidence (no minSamples) is judged when it has enough, and
+        # too little of it never holds a step: with few requests in it, it could hold forever.
+        checks = tuple(c for c in checks if not (c.result == CheckResult.NO_DATA and self._optional(c.cohort)))
+
         def counts_as_failure(c: Check) -> bool:
             return (c.result == CheckResult.FAILED
                     or (c.result == CheckResult.NO_DATA and analysis.on_no_data == "Fail")
@@ -572,6 +590,13 @@ class _Tick:
             else:
                 s.message = (f"{self._where()}: {s.checks_passed}/{analysis.checks_per_step} "
                              "checks passed")
+
+    def _optional(self, cohort: str | None) -> bool:
+        """A cohort's check whose cohort does not require evidence (spec minSamples unset)."""
+        if cohort is None:
+            return False
+        rules = next((c for c in self._cohorts() if c.name == cohort), None)
+        return rules is None or rules.min_samples is None
 
     def _last_below_full(self) -> bool:
         s = self.s
@@ -691,19 +716,40 @@ class _Tick:
         # it (users leave the canary before it is scaled down; the apex Service points at the
         # primary before the target loses its pods; a canary gets traffic once it is scaled up).
         if s.phase in STEADY_PHASES:
-            actions += [SetRoute(100, 0), EnsureApex(), ScaleCanary(up=False), EnsureServices()]
+            actions += [self._route(0), EnsureApex(), ScaleCanary(up=False), EnsureServices()]
         elif s.phase == Phase.PROMOTING:
             actions += [EnsureServices(), ScaleCanary(up=True), EnsurePrimary(s.revisions.canary),
-                        SetRoute(100 - s.step_weight, s.step_weight), EnsureApex()]
+                        self._route(s.step_weight), EnsureApex()]
         elif s.restarting_canary and s.step_weight == 0:
-            actions += [EnsureServices(), SetRoute(100, 0), ScaleCanary(up=False), EnsureApex()]
+            actions += [EnsureServices(), self._route(0), ScaleCanary(up=False), EnsureApex()]
         else:
             # The mirror stays while a shadow is paused: its answers reach nobody.
             shadow = s.shadow if in_shadow(s) else None
             mirror = (shadow.percent if shadow is not None and shadow.mirror == "Route"
                       and not self.world.mirror_problem else 0)
             actions += [EnsureServices(), ScaleCanary(up=True),
-                        SetRoute(100 - s.step_weight, s.step_weight, mirror), EnsureApex()]
+                        self._route(s.step_weight, mirror), EnsureApex()]
+
+    def _cohorts(self) -> list[Cohort]:
+        """The cohorts in force: the rollout's pinned ones, else the spec's (none while they are invalid)."""
+        if self.s.phase in ROLLOUT_PHASES and self.s.pinned_cohorts is not None:
+            return self.s.pinned_cohorts
+        return self.spec.cohorts if self.cohorts_valid else []
+
+    def _route(self, canary: int, mirror: int = 0) -> SetRoute:
+        """The route giving the canary `canary` % of the traffic in no cohort, and each cohort its share."""
+        steps = self.s.pinned_steps or self.spec.steps
+        return SetRoute(100 - canary, canary, mirror,
+                        tuple((c, cohort_weight(c, steps, canary)) for c in self._cohorts()))
+
+    def _cohorts_unrouted(self) -> bool:
+        """Some cohort's rule does not give it its share of this step yet."""
+        routed = self.world.routed_cohorts
+        if routed is None:
+            return False
+        steps = self.s.pinned_steps or self.spec.steps
+        wanted = {c.name: cohort_weight(c, steps, self.s.step_weight) for c in self._cohorts()}
+        return dict(routed) != wanted
 
     def _conditions(self) -> None:
         s, w, now, gen = self.s, self.world, self.now, self.s.observed_generation

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
+from canarist.api.spec import Cohort
 from canarist.api.status import CanaryReleaseStatus, Check, Evidence, TrackedConfig
 
 
@@ -35,6 +36,7 @@ class World:
     canary_unavailable_reason: str = ""  # why canary_available is False, for the failed check
     routed_weight: int | None = None     # the canary's weight in the route as read this tick (None: no route)
     routed_mirror: int = 0               # the share of requests the route mirrors to the canary, as read
+    routed_cohorts: tuple[tuple[str, int], ...] | None = None  # each cohort rule's canary weight, as read
     mirror_problem: str | None = None    # why the route cannot mirror (spec.shadow.mirror: Route), if it cannot
     shadow_pairs: int | None = None      # judged pairs of mirrored requests since the shadow started (None: not asked)
     warnings: tuple[str, ...] | None = None  # other Services/routes that select the target's pods (None: not looked)
@@ -68,6 +70,7 @@ class SetRoute:
     primary: int
     canary: int
     mirror: int = 0  # percent of requests mirrored to the canary (their answers reach no user)
+    cohorts: tuple[tuple[Cohort, int], ...] = ()  # each cohort's own rule, with its canary weight
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from canarist.analysis.templating import VARIABLES, unknown_variables
+from canarist.api.cohorts import cohort_problems
 from canarist.api.compare import COMPARE_VARIABLES
 from canarist.api.spec import Analysis, CanaryReleaseSpec
+
+
+# A label matcher `="{{ cohort }}"` or `!="{{ cohort }}"`: never true for ".*", the all-traffic value.
+_COHORT_EQUALS = re.compile(r'(?<![=!]~)(?:!=|=)\s*"\{\{\s*cohort\s*\}\}"')
 
 
 def spec_problems(spec: CanaryReleaseSpec) -> list[str]:
@@ -19,6 +26,7 @@ def spec_problems(spec: CanaryReleaseSpec) -> list[str]:
             problems.append(f"spec.shadow.minPairs: {shadow.min_pairs} judged pairs are counted by the judge, and "
                             f"{where} has no judge; add {where}.judge (or a compare gate with judge), or set "
                             "minPairs: 0")
+    problems += cohort_problems(spec)
     return problems
 
 
@@ -36,6 +44,9 @@ def _analysis_problems(analysis: Analysis, path: str) -> list[str]:
             templates += [(f"{path}.compare[{i}].rates.{part}", getattr(gate.rates, part),
                            VARIABLES + COMPARE_VARIABLES) for part in ("bad", "total")]
     for path, template, allowed in templates:
+        if _COHORT_EQUALS.search(template):
+            problems.append(f'{path}: {{{{ cohort }}}} is ".*" when the gate judges all traffic together, which only '
+                            'a regular-expression matcher reads as every cohort; write cohort=~"{{ cohort }}"')
         unknown = unknown_variables(template, allowed)
         if unknown:
             names = ", ".join("{{ %s }}" % n for n in unknown)

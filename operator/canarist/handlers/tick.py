@@ -41,7 +41,7 @@ from canarist.kube.status import StaleRead, confirm_weight, replace_status
 from canarist.kube.workloads import (WorkloadProblem, Workloads, availability, canary_service_name, is_ready,
                                      primary_name, template_hash)
 from canarist.routing.base import RoutingError, RoutingUnavailable
-from canarist.routing.gatewayapi import GatewayAPIRouter
+from canarist.routing.gatewayapi import CohortRule, GatewayAPIRouter
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,11 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         problems += workloads.service_problems()
         tracked, missing = tracked_config(ctx, namespace, target)
         problems += missing
-    routing_available, routed, mirrored = True, None, 0
+    routing_available, routed, mirrored, routed_cohorts = True, None, 0, None
     try:
         route = router.get_route()
         if route is not None:
-            routed, mirrored = route[1], route[2]
+            routed, mirrored, routed_cohorts = route.canary, route.mirror, route.cohorts
     except RoutingError as exc:  # RoutingUnavailable included: the route's CRDs are missing
         problems.append(str(exc))
         routing_available = not isinstance(exc, RoutingUnavailable)
@@ -197,7 +197,8 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
     analysis = active_analysis(status)
     if not problems and target_revision == status.revisions.canary and analysis is not None:
         where = GateTarget(namespace, name, spec.target_ref.name, step_started_at=status.step_started_at or now,
-                           rollout_started_at=status.rollout_started_at or status.step_started_at or now)
+                           rollout_started_at=status.rollout_started_at or status.step_started_at or now,
+                           cohorts=tuple(status.pinned_cohorts or ()))
         if analysis_due(status, now):
             checks = run_gates(analysis, where, ctx.gates, now)
             if in_shadow(status):
@@ -220,6 +221,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime) -> None:
         canary_unavailable_reason=canary_why,
         routed_weight=routed,
         routed_mirror=mirrored,
+        routed_cohorts=routed_cohorts,
         mirror_problem=mirror_problem,
         shadow_pairs=pairs,
         problems=tuple(problems),
@@ -304,7 +306,8 @@ def post_pending(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, 
 
 def _set_route(router: GatewayAPIRouter, action: SetRoute, refused: list) -> None:
     try:
-        router.ensure(action.primary, action.canary, action.mirror)
+        router.ensure(action.primary, action.canary, action.mirror,
+                      [CohortRule(c.name, tuple(m.to_k8s() for m in c.matches), weight) for c, weight in action.cohorts])
     except ApiException as exc:
         if not is_rejection(exc) or action.canary != 0:
             raise

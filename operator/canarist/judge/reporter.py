@@ -42,6 +42,11 @@ The headers that matter:
   report such answers with `mirrored=True`. A mirrored request must not act twice in the world (an
   e-mail sent, a tool call that writes): check `is_mirrored()`, or `environ["canarist.mirrored"]`
   under the middleware, before any side effect.
+
+Cohorts. A CanaryRelease's cohorts are HTTPRoute rules that set `X-Canarist-Cohort: <cohort>` on
+the requests they match (the default rule removes it, so clients cannot claim one). Report it as
+`segment`: `cohort_of()` reads it, and the middleware does so itself; the judge's verdicts are then
+also given per cohort, and each cohort is judged on its own.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ import weakref
 from collections import deque
 from datetime import datetime, timezone
 
-__all__ = ["JudgeMiddleware", "JudgeReporter", "default_extract", "is_mirrored"]
+__all__ = ["JudgeMiddleware", "JudgeReporter", "cohort_of", "default_extract", "is_mirrored"]
 
 # A fixed name, so that a vendored copy logs under the same logger as the installed one.
 log = logging.getLogger("canarist.judge.reporter")
@@ -78,6 +83,20 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 MIRRORED_HEADER = "X-Canarist-Mirrored"
 SHADOW_SUFFIX = "-shadow"
+COHORT_HEADER = "X-Canarist-Cohort"
+_MAX_COHORT_CHARS = 63  # a cohort's name is a DNS label
+
+
+def cohort_of(headers) -> str | None:
+    """The cohort the route put a request in (the `X-Canarist-Cohort` header its rule sets), or None.
+
+    `headers`: any mapping with `.get`, as for is_mirrored()."""
+    try:
+        value = headers.get(COHORT_HEADER) or headers.get(COHORT_HEADER.lower())
+    except Exception:  # noqa: BLE001 - a strange mapping must not fail the request
+        return None
+    value = str(value).strip() if value is not None else ""
+    return value[:_MAX_COHORT_CHARS] or None
 
 
 def is_mirrored(host: str | None, headers=None) -> bool:
@@ -587,6 +606,7 @@ class JudgeMiddleware:
                 environ.get("HTTP_HOST"), {MIRRORED_HEADER: environ.get("HTTP_X_CANARIST_MIRRORED")})
         except Exception:  # noqa: BLE001 - never fail the request over a marking
             environ["canarist.mirrored"] = False
+        environ["canarist.cohort"] = cohort_of({COHORT_HEADER: environ.get("HTTP_X_CANARIST_COHORT")})
         if not self.reporter.enabled:
             return self.app(environ, start_response)
         request_body, response_body = _Capture(self.max_body), _Capture(self.max_body)
@@ -630,7 +650,8 @@ class JudgeMiddleware:
             if len(traceparent) == 4 and len(traceparent[1]) == 32:
                 trace_id = traceparent[1]
             self.reporter.report(request, response, request_id=environ.get("HTTP_X_REQUEST_ID") or None,
-                                 trace_id=trace_id, mirrored=bool(environ.get("canarist.mirrored")))
+                                 trace_id=trace_id, segment=environ.get("canarist.cohort"),
+                                 mirrored=bool(environ.get("canarist.mirrored")))
         except Exception as exc:  # noqa: BLE001 - a bad extract() must not fail the request
             now = time.monotonic()
             if self._warned_at is None or now - self._warned_at >= LOG_EVERY:

@@ -428,13 +428,16 @@ class JudgeService:
 
     # -- verdicts ------------------------------------------------------------------------------
 
-    def verdict(self, release: str, variant: str, since: int, until: int, revision: str | None = None) -> dict:
-        counts = self.storage.counts(release, variant, since, until, revision)
-        summary = summarize(self.storage.scores(release, variant, since, until, revision), self.config.pass_mark)
+    def verdict(self, release: str, variant: str, since: int, until: int, revision: str | None = None,
+                segment: str | None = None) -> dict:
+        """The verdict on `variant`'s samples in [since, until), of one segment (cohort) if given."""
+        counts = self.storage.counts(release, variant, since, until, revision, segment)
+        summary = summarize(self.storage.scores(release, variant, since, until, revision, segment),
+                            self.config.pass_mark)
         used = self.storage.tokens_used(release)
         budget = self.config.token_budget
         return {
-            "release": release, "variant": variant, "revision": revision,
+            "release": release, "variant": variant, "revision": revision, "segment": segment,
             "since": format_time(since), "until": format_time(until),
             "ingested": counts.ingested, "sampled": counts.sampled, "judged": counts.judged,
             "pending": counts.pending, "errors": counts.errors, "skippedBudget": counts.skipped_budget,
@@ -442,7 +445,9 @@ class JudgeService:
             "meanScore": summary.mean, "ci95": list(summary.ci95) if summary.ci95 else None,
             "sumScores": summary.sum_scores, "sumSquares": summary.sum_squares,
             "passMark": self.config.pass_mark, "failed": summary.failed,
-            "pairwise": self.storage.pairwise(release, variant, since, until, revision),
+            "pairwise": self.storage.pairwise(release, variant, since, until, revision, segment),
+            # Coverage: judged samples of every segment in the window, whatever `segment` filters.
+            "segments": self.storage.segments(release, variant, since, until, revision),
             "budget": {"tokensUsed": used, "tokenBudget": budget,
                        "exhausted": budget is not None and used >= budget},
         }
@@ -555,7 +560,7 @@ async def _post_samples(request: web.Request) -> web.Response:
 async def _get_verdict(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     try:
-        params = _query(request, ("release", "variant", "since", "until", "revision"),
+        params = _query(request, ("release", "variant", "since", "until", "revision", "segment"),
                         ("release", "variant", "since"))
         release = _check_release(params["release"])
         variant = _variant(params)
@@ -563,7 +568,8 @@ async def _get_verdict(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return _error(400, str(exc))
     assert since is not None and variant is not None
-    return web.json_response(service.verdict(release, variant, since, until, params.get("revision")))
+    return web.json_response(service.verdict(release, variant, since, until, params.get("revision"),
+                                             params.get("segment") or None))
 
 
 async def _get_pairs(request: web.Request) -> web.Response:

@@ -527,8 +527,11 @@ class Storage:
 
     @staticmethod
     def _window(alias: str, since: int | None, until: int | None, revision: str | None,
-                variant: str | None = None) -> tuple[str, list]:
+                variant: str | None = None, segment: str | None = None) -> tuple[str, list]:
         sql, args = "", []
+        if segment is not None:
+            sql += f" AND {alias}.segment = ?"
+            args.append(segment)
         if variant is not None:
             sql += f" AND {alias}.variant = ?"
             args.append(variant)
@@ -543,8 +546,9 @@ class Storage:
             args.append(revision)
         return sql, args
 
-    def counts(self, release: str, variant: str, since: int, until: int, revision: str | None = None) -> Counts:
-        where, args = self._window("s", since, until, revision, variant)
+    def counts(self, release: str, variant: str, since: int, until: int, revision: str | None = None,
+               segment: str | None = None) -> Counts:
+        where, args = self._window("s", since, until, revision, variant, segment)
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(s.sampled), 0), coalesce(sum(s.status = 'scored'), 0),"
             " coalesce(sum(s.status = 'pending'), 0), coalesce(sum(s.status = 'error'), 0),"
@@ -552,17 +556,27 @@ class Storage:
             f" FROM samples s WHERE s.release = ?{where}", [release, *args]).fetchone()
         return Counts(*(int(v) for v in row))
 
-    def scores(self, release: str, variant: str, since: int, until: int, revision: str | None = None) -> list[float]:
-        where, args = self._window("s", since, until, revision, variant)
+    def scores(self, release: str, variant: str, since: int, until: int, revision: str | None = None,
+               segment: str | None = None) -> list[float]:
+        where, args = self._window("s", since, until, revision, variant, segment)
         rows = self._db.execute(f"SELECT s.score FROM samples s WHERE s.release = ?{where} AND s.status = 'scored'"
                                 " ORDER BY s.id", [release, *args])
         return [row[0] for row in rows]
 
-    def pairwise(self, release: str, variant: str, since: int, until: int,
+    def segments(self, release: str, variant: str, since: int, until: int,
                  revision: str | None = None) -> dict[str, int]:
+        """Judged (scored) samples per segment (cohort) in the window; samples without one are left out."""
+        where, args = self._window("s", since, until, revision, variant)
+        rows = self._db.execute(f"SELECT s.segment, coalesce(sum(s.status = 'scored'), 0) FROM samples s"
+                                f" WHERE s.release = ?{where} AND s.segment IS NOT NULL GROUP BY s.segment",
+                                [release, *args])
+        return {row[0]: int(row[1]) for row in rows}
+
+    def pairwise(self, release: str, variant: str, since: int, until: int,
+                 revision: str | None = None, segment: str | None = None) -> dict[str, int]:
         """Done pairs whose canary sample lies in [since, until): {"wins", "losses", "ties"} for `variant`.
 
-        `revision` filters on the revision of `variant`'s sample of each pair.
+        `revision` filters on the revision of `variant`'s sample of each pair, `segment` on its segment.
         """
         sql = ("SELECT p.winner, count(*) FROM pairs p"
                f" JOIN samples s ON s.id = p.{'canary_id' if variant == 'canary' else 'primary_id'}"
@@ -571,6 +585,9 @@ class Storage:
         if revision is not None:
             sql += " AND s.revision = ?"
             args.append(revision)
+        if segment is not None:
+            sql += " AND s.segment = ?"
+            args.append(segment)
         counts = dict(self._db.execute(sql + " GROUP BY p.winner", args).fetchall())
         other = "primary" if variant == "canary" else "canary"
         return {"wins": counts.get(variant, 0), "losses": counts.get(other, 0), "ties": counts.get("tie", 0)}

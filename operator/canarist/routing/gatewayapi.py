@@ -1,7 +1,11 @@
 """Traffic splitting with a Gateway API HTTPRoute (gateway.networking.k8s.io/v1) that canarist owns.
 
-The route has one rule: the user's matches and two weighted backendRefs, the primary and the
-canary Service; during a shadow phase also a RequestMirror filter that copies a share of the
+The route has one rule per cohort (spec.cohorts: the user's matches combined with the cohort's,
+each rule with its own weights and a filter that sets the X-Canarist-Cohort header), then the
+default rule: the user's matches and two weighted backendRefs, the primary and the canary
+Service, removing that header so that no client can claim a cohort. A cohort's rule wins over the
+default rule for its requests by Gateway API's precedence (more header or query parameter
+matches on the same path). During a shadow phase every rule also has a RequestMirror filter that copies a share of the
 requests to the canary Service (its answers are discarded by the gateway). The filter is written
 only for a Gateway whose GatewayClass lists HTTPRouteRequestMirror among its supportedFeatures: a
 gateway without it may refuse the whole rule (Traefik v3.6 answers every request of such a route
@@ -16,7 +20,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import kubernetes
 from kubernetes.client import ApiException
@@ -40,25 +44,87 @@ _ATTEMPTS = 5
 _DEFAULT_PATH = {"type": "PathPrefix", "value": "/"}
 MIRROR_FEATURE = "HTTPRouteRequestMirror"
 MIRROR_FIELD = "spec.shadow.mirror"
+COHORT_HEADER = "X-Canarist-Cohort"
+
+
+class CohortRule(NamedTuple):
+    """One cohort's rule: its name, its HTTPRouteMatch conditions (headers, queryParams; ORed) and the
+    canary's weight in it."""
+
+    name: str
+    matches: tuple[dict, ...]
+    canary_weight: int
+
+
+class RouteState(NamedTuple):
+    """The route as read: the default rule's weights, the mirrored percent, each cohort rule's canary weight."""
+
+    primary: int
+    canary: int
+    mirror: int
+    cohorts: tuple[tuple[str, int], ...] = ()
+
+
+def _combine(route_matches: Sequence[Mapping[str, Any]] | None, cohort_matches: Sequence[Mapping[str, Any]]) -> list:
+    """Every route match AND every cohort match (a request must be routed here and be in the cohort)."""
+    combined = []
+    for base in route_matches or [{}]:
+        for extra in cohort_matches:
+            match = copy.deepcopy(dict(base))
+            for key in ("headers", "queryParams"):
+                if extra.get(key):
+                    match[key] = list(match.get(key) or []) + copy.deepcopy(list(extra[key]))
+            combined.append(match)
+    return combined
+
+
+def cohort_of_rule(rule: Mapping[str, Any]) -> str | None:
+    """The cohort a rule routes (the X-Canarist-Cohort value its filter sets), None for the default rule."""
+    for filter_ in rule.get("filters") or []:
+        if filter_.get("type") != "RequestHeaderModifier":
+            continue
+        for header in (filter_.get("requestHeaderModifier") or {}).get("set") or []:
+            if str(header.get("name", "")).lower() == COHORT_HEADER.lower():
+                return str(header.get("value"))
+    return None
 
 
 def build_httproute(*, namespace: str, name: str, owner: Mapping[str, Any] | None,
                     parent_refs: Sequence[Mapping[str, Any]], hostnames: Sequence[str],
                     matches: Sequence[Mapping[str, Any]] | None, port: int,
-                    backends: Sequence[tuple[str, int]], mirror: tuple[str, int] | None = None) -> dict:
-    """The HTTPRoute canarist wants: one rule with `matches` and weighted Service backends, and
-    `mirror` (a Service and the percent of requests copied to it) as a RequestMirror filter."""
-    rule: dict[str, Any] = {}
-    if matches:
-        rule["matches"] = copy.deepcopy([dict(m) for m in matches])
-    if mirror is not None and mirror[1] > 0:
-        rule["filters"] = [{"type": "RequestMirror", "requestMirror": {
-            "backendRef": {"name": mirror[0], "port": port}, "percent": mirror[1]}}]
-    rule["backendRefs"] = [{"name": service, "port": port, "weight": weight} for service, weight in backends]
+                    backends: Sequence[tuple[str, int]], mirror: tuple[str, int] | None = None,
+                    cohorts: Sequence[CohortRule] = ()) -> dict:
+    """The HTTPRoute canarist wants: a rule per cohort, then one with `matches` and weighted Service
+    backends (`backends`: (primary, weight), (canary, weight)); `mirror` (a Service and the percent of
+    requests copied to it) as a RequestMirror filter in every rule."""
+
+    def rule(rule_matches: Sequence[Mapping[str, Any]] | None, header: dict, weights: Sequence[tuple[str, int]]) -> dict:
+        out: dict[str, Any] = {}
+        if rule_matches:
+            out["matches"] = copy.deepcopy([dict(m) for m in rule_matches])
+        filters = [header] if header else []
+        if mirror is not None and mirror[1] > 0:
+            filters.append({"type": "RequestMirror", "requestMirror": {
+                "backendRef": {"name": mirror[0], "port": port}, "percent": mirror[1]}})
+        if filters:
+            out["filters"] = filters
+        out["backendRefs"] = [{"name": service, "port": port, "weight": weight} for service, weight in weights]
+        return out
+
+    rules = []
+    if cohorts:
+        (primary, _), (canary, _) = backends
+        rules = [rule(_combine(matches, cohort.matches),
+                      {"type": "RequestHeaderModifier",
+                       "requestHeaderModifier": {"set": [{"name": COHORT_HEADER, "value": cohort.name}]}},
+                      [(primary, 100 - cohort.canary_weight), (canary, cohort.canary_weight)])
+                 for cohort in cohorts]
+    rules.append(rule(matches, {"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": [COHORT_HEADER]}}
+                      if cohorts else {}, backends))
     spec: dict[str, Any] = {"parentRefs": copy.deepcopy([dict(p) for p in parent_refs])}
     if hostnames:
         spec["hostnames"] = list(hostnames)
-    spec["rules"] = [rule]
+    spec["rules"] = rules
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}}
     if owner is not None:
         metadata["ownerReferences"] = [dict(owner)]
@@ -125,14 +191,34 @@ def supported_features(gateway_class: Mapping[str, Any]) -> set[str] | None:
     return {item.get("name") if isinstance(item, dict) else str(item) for item in listed}
 
 
-def weights_of(route: Mapping[str, Any], primary_service: str, canary_service: str) -> tuple[int, int]:
-    """(primary, canary) weights of a route; a Service that is not referenced has weight 0."""
+def _rule_weights(rule: Mapping[str, Any], primary_service: str, canary_service: str) -> tuple[int, int]:
     weights: dict[str, int] = {}
-    for rule in canonical_spec(route.get("spec", {}))["rules"]:
-        for ref in rule.get("backendRefs", []):
-            if ref["group"] == "" and ref["kind"] == "Service":
-                weights[ref["name"]] = weights.get(ref["name"], 0) + ref["weight"]
+    for ref in rule.get("backendRefs", []):
+        if ref["group"] == "" and ref["kind"] == "Service":
+            weights[ref["name"]] = weights.get(ref["name"], 0) + ref["weight"]
     return weights.get(primary_service, 0), weights.get(canary_service, 0)
+
+
+def weights_of(route: Mapping[str, Any], primary_service: str, canary_service: str) -> tuple[int, int]:
+    """(primary, canary) weights of the route's traffic in no cohort; a Service that is not referenced has
+    weight 0."""
+    primary = canary = 0
+    for rule in canonical_spec(route.get("spec", {}))["rules"]:
+        if cohort_of_rule(rule) is None:
+            p, c = _rule_weights(rule, primary_service, canary_service)
+            primary, canary = primary + p, canary + c
+    return primary, canary
+
+
+def cohort_weights_of(route: Mapping[str, Any], primary_service: str, canary_service: str) -> tuple[tuple[str, int], ...]:
+    """(cohort, canary weight in percent of the cohort's requests) for each cohort rule of a route."""
+    out = []
+    for rule in canonical_spec(route.get("spec", {}))["rules"]:
+        cohort = cohort_of_rule(rule)
+        if cohort is not None:
+            primary, canary = _rule_weights(rule, primary_service, canary_service)
+            out.append((cohort, round(100 * canary / (primary + canary)) if primary + canary else 0))
+    return tuple(out)
 
 
 def not_accepted(route: Mapping[str, Any]) -> str | None:
@@ -200,8 +286,11 @@ class GatewayAPIRouter:
 
     # -- TrafficRouter -------------------------------------------------------------------------
 
-    def ensure(self, primary_weight: int, canary_weight: int, mirror: int = 0) -> None:
+    def ensure(self, primary_weight: int, canary_weight: int, mirror: int = 0,
+               cohorts: Sequence[CohortRule] = ()) -> None:
         validate_weights(primary_weight, canary_weight)
+        for cohort in cohorts:
+            validate_weights(100 - cohort.canary_weight, cohort.canary_weight)
         if not isinstance(mirror, int) or isinstance(mirror, bool) or not 0 <= mirror <= 100:
             raise ValueError(f"mirror must be a percent within 0..100, got {mirror!r}")
         if self.port is None or not self.parent_refs:
@@ -211,7 +300,7 @@ class GatewayAPIRouter:
             if problem:
                 raise RoutingError(problem)  # checked again here: a filter the gateway refuses is an outage
         desired = self._build([(self.primary_service, primary_weight), (self.canary_service, canary_weight)],
-                              owned=True, mirror=mirror)
+                              owned=True, mirror=mirror, cohorts=cohorts)
         for _ in range(_ATTEMPTS):
             current = self._get()
             if current is None:
@@ -230,8 +319,9 @@ class GatewayAPIRouter:
         state = self.get_route()
         return None if state is None else (state[0], state[1])
 
-    def get_route(self) -> tuple[int, int, int] | None:
-        """(primary weight, canary weight, percent mirrored to the canary); None without a route."""
+    def get_route(self) -> RouteState | None:
+        """The default rule's (primary, canary) weights, the percent mirrored to the canary and each cohort
+        rule's canary weight; None without a route."""
         current = self._get()
         if current is None:
             return None
@@ -242,7 +332,8 @@ class GatewayAPIRouter:
             raise RouteNotAccepted(f"{FIELD}: HTTPRoute {self._ref} {refusal}; it carries no traffic: fix "
                                    f"{FIELD}.parentRefs or hostnames, or the Gateway's listeners")
         primary, canary = weights_of(current, self.primary_service, self.canary_service)
-        return primary, canary, mirror_of(current, self.canary_service)
+        return RouteState(primary, canary, mirror_of(current, self.canary_service),
+                          cohort_weights_of(current, self.primary_service, self.canary_service))
 
     def mirror_problem(self) -> str | None:
         """Why the route must not mirror requests, or None: every parent Gateway's class must list
@@ -330,11 +421,12 @@ class GatewayAPIRouter:
     def _ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def _build(self, backends: Sequence[tuple[str, int]], owned: bool, mirror: int = 0) -> dict:
+    def _build(self, backends: Sequence[tuple[str, int]], owned: bool, mirror: int = 0,
+               cohorts: Sequence[CohortRule] = ()) -> dict:
         return build_httproute(namespace=self.namespace, name=self.name, owner=self.owner if owned else None,
                                parent_refs=self.parent_refs, hostnames=self.hostnames, matches=self.matches,
                                port=self.port, backends=backends,
-                               mirror=(self.canary_service, mirror) if mirror else None)
+                               mirror=(self.canary_service, mirror) if mirror else None, cohorts=cohorts)
 
     def _ownership(self, route: Mapping[str, Any]) -> str:
         """"ours", "orphan" (canarist's label, no controller: adoptable) or "foreign"."""

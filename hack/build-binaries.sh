@@ -80,4 +80,13 @@ build helm helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
 build_in_module traefik "$TRAEFIK_VERSION" github.com/traefik/traefik/v3 ./cmd/traefik \
   "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
 
+# Modules whose files the tests read: fetched here, outside the tests' network namespace.
+grep -v '^#' "$here/tools/modules.txt" | while read -r module; do
+  [ -n "$module" ] || continue
+  if ! (cd "$here/tools" && GOWORK=off GOFLAGS= go mod download "$module"); then
+    echo "build-binaries: go mod download $module failed" >&2
+    exit 1
+  fi
+done
+
 echo "$bin"

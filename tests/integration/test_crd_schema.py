@@ -119,8 +119,6 @@ def test_valid_manifest_is_accepted_with_defaults(stack, namespace, crd_installe
      ["spec.cohorts[0]", "set exactly one of factor"]),
     ({"cohorts": [{"name": "de", "steps": [5, 100], "matches": [{"headers": [{"name": "a", "value": "1"}]}]}]},
      ["spec.cohorts", "a cohort's steps need one entry per entry of spec.steps"]),
-    ({"cohorts": [{"name": "de", "factor": 5, "matches": [{"headers": [{"name": "X-Canarist-Cohort", "value": "1"}]}]}]},
-     ["spec.cohorts[0].matches[0]", "X-Canarist-Cohort is set by canarist's route"]),
 ])
 def test_invalid_manifests_are_rejected_naming_the_field(stack, namespace, crd_installed, changes, expected):
     manifest = with_spec(**changes)

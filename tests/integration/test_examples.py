@@ -15,8 +15,9 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # Argo CD's Application CRD, so the GitOps snippet is checked against the real schema. It comes
-# from Argo CD's Go module through the Go module proxy, like the cluster binaries.
-ARGOCD_MODULE = "github.com/argoproj/argo-cd/v3@v3.1.8"
+# from Argo CD's Go module, pinned in hack/tools/modules.txt and fetched by `make binaries`.
+ARGOCD_MODULE = next(line.strip() for line in (ROOT / "hack" / "tools" / "modules.txt").read_text().splitlines()
+                     if line.startswith("github.com/argoproj/argo-cd/"))
 
 
 @pytest.fixture(scope="module")

@@ -203,6 +203,9 @@ def test_gateway_api_version_is_pinned_in_one_place():
     go_mod = (ROOT / "hack" / "tools" / "gateway-api" / "go.mod").read_text()
     pinned = re.search(r"^require sigs\.k8s\.io/gateway-api (\S+)$", go_mod, re.M).group(1)
     assert pinned == devstack_gatewayapi.GATEWAY_API_VERSION == gatewayapi.GATEWAY_API_VERSION
+    # ... and fetched by `make binaries`, before the tests (which run without network) read its CRDs.
+    fetched = (ROOT / "hack" / "tools" / "modules.txt").read_text().splitlines()
+    assert f"sigs.k8s.io/gateway-api@{pinned}" in fetched
 
 
 def refused(generation: int, observed: int) -> dict:

@@ -259,8 +259,6 @@ class CohortMatch(ApiModel):
     model_config = {"json_schema_extra": {"x-kubernetes-validations": [
         _cel("(has(self.headers) && size(self.headers) > 0) || (has(self.queryParams) && size(self.queryParams) > 0)",
              COHORT_MATCH_EMPTY),
-        _cel(f"!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != '{COHORT_HEADER.lower()}')",
-             f"{COHORT_HEADER} is set by canarist's route; match on the headers clients send"),
     ]}}
 
     @field_validator("headers", "query_params")
@@ -322,7 +320,7 @@ class CanaryReleaseSpec(ApiModel):
         _cel("self.targetRef.name == oldSelf.targetRef.name",
              "targetRef.name is immutable; create a new CanaryRelease for another Deployment"),
         _cel("!has(self.cohorts) || self.cohorts.all(c, !has(c.steps) || size(c.steps) == size(self.steps))",
-             "a cohort's steps need one entry per entry of spec.steps", "cohorts"),
+             "a cohort's steps need one entry per entry of spec.steps", ".cohorts"),
     ]}}
 
     target_ref: TargetRef

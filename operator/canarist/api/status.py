@@ -170,8 +170,9 @@ class CanaryReleaseStatus(StatusModel):
     pinned_analysis: Analysis | None = Field(default=None, description="Analysis in force for the rollout in progress.")
     pinned_shadow: Shadow | None = Field(default=None, description="Shadow phase in force for the rollout in progress.")
     shadow: ShadowStatus | None = Field(default=None, description="Where the rollout's shadow phase stands.")
-    pinned_cohorts: list[Cohort] | None = Field(default=None, description="Cohorts in force for the rollout in progress.")
-    cohorts: list[CohortStatus] = Field(default_factory=list, description=(
+    pinned_cohorts: list[Cohort] | None = Field(default=None, max_length=8, description=(
+        "Cohorts in force for the rollout in progress."))
+    cohorts: list[CohortStatus] = Field(default_factory=list, max_length=8, description=(
         "Each cohort's canary share and judged coverage; its checks are in lastChecks (with cohort set)."))
     rollout_started_at: datetime | None = None
     step_started_at: datetime | None = None

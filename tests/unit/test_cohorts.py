@@ -90,17 +90,27 @@ def test_exclusive_cohorts_are_fine():
     spec = spec_with([
         {"name": "de", "matches": [lang("de")], "factor": 2},
         {"name": "fr", "matches": [lang("fr")], "factor": 2},
-        {"name": "es", "matches": [lang("e[st]", "RegularExpression")], "factor": 2},  # neither de nor fr
-        {"name": "mobile-de", "matches": [{"headers": [{"name": "accept-language", "value": "nl"},
+        {"name": "mobile-nl", "matches": [{"headers": [{"name": "accept-language", "value": "nl"},
                                                        {"name": "X-Client", "value": "ios"}]}], "factor": 2},
     ])
     assert cohort_problems(spec) == []
-    overlapping = spec_with([{"name": "de", "matches": [lang("de")], "factor": 2},
-                             {"name": "any", "matches": [lang("d.", "RegularExpression")], "factor": 2}])
-    assert "spec.cohorts[1] (any) overlaps spec.cohorts[0] (de)" in cohort_problems(overlapping)[0]
+
+
+def test_an_expression_is_never_run_and_counts_as_overlapping():
+    # Whether "d." matches "de" (or only part of a value) is up to each gateway; and an expression
+    # that backtracks catastrophically must not stall the operator: it is never evaluated.
+    catastrophic = "(a|a)*b"
+    spec = spec_with([{"name": "de", "matches": [lang("a" * 40 + "c")], "factor": 2},
+                      {"name": "any", "matches": [lang(catastrophic, "RegularExpression")], "factor": 2}])
+    assert "spec.cohorts[1] (any) overlaps spec.cohorts[0] (de)" in cohort_problems(spec)[0]
     two_patterns = spec_with([{"name": "a", "matches": [lang("a.*", "RegularExpression")], "factor": 2},
                               {"name": "b", "matches": [lang("b.*", "RegularExpression")], "factor": 2}])
-    assert cohort_problems(two_patterns), "two expressions cannot be told apart: assumed to overlap"
+    assert cohort_problems(two_patterns)
+    disjoint_elsewhere = spec_with([
+        {"name": "a", "matches": [{"headers": [{"name": "Accept-Language", "type": "RegularExpression", "value": "a.*"},
+                                               {"name": "X-Client", "value": "web"}]}], "factor": 2},
+        {"name": "b", "matches": [{"headers": [{"name": "X-Client", "value": "ios"}]}], "factor": 2}])
+    assert cohort_problems(disjoint_elsewhere) == [], "exclusive by another header's Exact values"
 
 
 def test_a_cohort_on_a_header_the_route_already_matches_contradicts_it():

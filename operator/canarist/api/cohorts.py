@@ -3,14 +3,15 @@
 Gateway API sends a request to the matching rule with the most header matches, then the most query
 parameter matches, then the first in the route (HTTPRouteRule's precedence). Two cohorts that one
 request could both match would leave its cohort to those tie-breaks and its verdict ambiguous, so
-cohorts must be exclusive: some header or query parameter they both name must have values no request
-can have at once (different Exact values, or an Exact value the other's expression cannot match).
+cohorts must be exclusive: some header or query parameter they both name must have different Exact
+values. A RegularExpression is never evaluated here: its flavour and whether it must match the whole
+value are up to each gateway, and running a manifest's expression in the operator would let one
+catastrophic pattern stall every release's reconciliation.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from .spec import CanaryReleaseSpec, Cohort, CohortMatch
@@ -49,17 +50,10 @@ def _conditions(match: CohortMatch) -> dict[tuple[str, str], tuple[str, str]]:
 
 
 def _exclusive(a: tuple[str, str], b: tuple[str, str]) -> bool:
-    """No value satisfies both conditions on one header (or query parameter); False when unsure."""
+    """No value satisfies both conditions on one header (or query parameter); False when unsure, as
+    with any RegularExpression."""
     (type_a, value_a), (type_b, value_b) = a, b
-    if type_a == type_b == "Exact":
-        return value_a != value_b
-    if type_a == type_b:
-        return False  # two expressions: canarist cannot tell, so it assumes they overlap
-    exact, pattern = (value_a, value_b) if type_a == "Exact" else (value_b, value_a)
-    try:
-        return re.fullmatch(pattern, exact) is None
-    except re.error:
-        return False
+    return type_a == type_b == "Exact" and value_a != value_b
 
 
 def may_overlap(a: CohortMatch, b: CohortMatch) -> bool:

@@ -51,9 +51,8 @@ def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: 
         if uses_variable(gate.prometheus.query, "cohort"):
             # A cohort that fails fails the check, however well all traffic together does.
             for cohort in where.cohorts:
-                check = check_metric(gate, replace(variables, cohort=cohort.name), clients.prometheus,
-                                     clients.default_prometheus, now)
-                checks.append(check.model_copy(update={"name": f"{gate.name}[{cohort.name}]", "cohort": cohort.name}))
+                checks.append(check_metric(gate, replace(variables, cohort=cohort.name), clients.prometheus,
+                                           clients.default_prometheus, now).for_cohort(cohort.name))
     if analysis.judge is not None:
         release = f"{where.namespace}/{where.release}"
         checks += check_judge(analysis.judge, clients.http, release, where.step_started_at, now,

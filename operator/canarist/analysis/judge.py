@@ -80,8 +80,9 @@ def check_judge(gate: JudgeGate, session: requests.Session, release: str, since:
         primary = (fetch_verdict(session, (gate.url, gate.timeout), release, "primary", baseline_since or since, now,
                                  segment) if gate.max_regression is not None else None)
     except VerdictError as exc:
-        return [_in_cohort(Check(name=name, kind="judge", result=CheckResult.ERROR, message=str(exc), at=now), segment)
-                for name in wanted]
+        checks = [Check(name=name, kind="judge", result=CheckResult.ERROR, message=str(exc), at=now)
+                  for name in wanted]
+        return checks if segment is None else [c.for_cohort(segment) for c in checks]
 
     checks = []
     for name in wanted:
@@ -93,13 +94,7 @@ def check_judge(gate: JudgeGate, session: requests.Session, release: str, since:
             checks.append(_regression_check(gate, canary, primary, now))
         else:
             checks.append(_loss_check(gate, canary, now))
-    return [_in_cohort(check, segment) for check in checks]
-
-
-def _in_cohort(check: Check, cohort: str | None) -> Check:
-    if cohort is None:
-        return check
-    return check.model_copy(update={"name": f"{check.name}[{cohort}]", "cohort": cohort})
+    return checks if segment is None else [c.for_cohort(segment) for c in checks]
 
 
 def _coverage_check(gate: JudgeGate, canary: Verdict, cohort: str, now: datetime) -> Check:

@@ -78,6 +78,15 @@ HoldTimeout = Annotated[Duration, _Above("0s", HOLD_TIMEOUT_MESSAGE, inclusive=F
 JudgeTimeout = Annotated[Duration, _Above("0s", JUDGE_TIMEOUT_MESSAGE, inclusive=False)]
 
 
+def _named_once(items: list, what: str) -> list:
+    """`items` (objects with a name), refused when a name repeats."""
+    names = [item.name for item in items]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+    return items
+
+
 class TargetRef(ApiModel):
     """The user's Deployment: the source of truth, and the canary during a rollout."""
 
@@ -209,11 +218,7 @@ class Analysis(ApiModel):
     @field_validator("metrics", "compare")
     @classmethod
     def _unique_names(cls, gates: list) -> list:
-        names = [g.name for g in gates]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"gate names must be unique; repeated: {', '.join(duplicates)}")
-        return gates
+        return _named_once(gates, "gate")
 
 
 class Shadow(ApiModel):
@@ -355,11 +360,7 @@ class CanaryReleaseSpec(ApiModel):
     @field_validator("cohorts")
     @classmethod
     def _cohort_names(cls, cohorts: list[Cohort]) -> list[Cohort]:
-        names = [c.name for c in cohorts]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"cohort names must be unique; repeated: {', '.join(repeated)}")
-        return cohorts
+        return _named_once(cohorts, "cohort")
 
     @model_validator(mode="after")
     def _cohort_steps(self) -> "CanaryReleaseSpec":

@@ -72,6 +72,10 @@ class Check(StatusModel):
     at: datetime
     cohort: str | None = Field(default=None, description="The cohort this check judged alone; absent: all traffic.")
 
+    def for_cohort(self, cohort: str) -> "Check":
+        """This check as one cohort's: named `<name>[<cohort>]`."""
+        return self.model_copy(update={"name": f"{self.name}[{cohort}]", "cohort": cohort})
+
     def describe(self) -> str:
         bounds = " and ".join(p for p in (
             f">= {self.min:g}" if self.min is not None else "",

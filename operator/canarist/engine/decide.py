@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from canarist.api.compare import STEP_GUARD_CONFIDENCE
 from canarist.api.durations import parse_duration
-from canarist.api.cohorts import cohort_problems, cohort_weight
+from canarist.api.cohorts import cohort_problems, cohort_weight, cohort_weights
 from canarist.api.spec import Analysis, CanaryReleaseSpec, Cohort
 from canarist.api.status import CanaryReleaseStatus, Check, CheckResult, CohortStatus, Phase, ShadowStatus
 
@@ -747,9 +747,8 @@ class _Tick:
         routed = self.world.routed_cohorts
         if routed is None:
             return False
-        steps = self.s.pinned_steps or self.spec.steps
-        wanted = {c.name: cohort_weight(c, steps, self.s.step_weight) for c in self._cohorts()}
-        return dict(routed) != wanted
+        return dict(routed) != dict(cohort_weights(self._cohorts(), self.s.pinned_steps or self.spec.steps,
+                                                   self.s.step_weight))
 
     def _conditions(self) -> None:
         s, w, now, gen = self.s, self.world, self.now, self.s.observed_generation

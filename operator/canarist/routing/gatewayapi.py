@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import kubernetes
 from kubernetes.client import ApiException
 
+from canarist.api.spec import COHORT_HEADER
+
 from .base import RouteConflict, RouteNotAccepted, RoutingError, RoutingUnavailable, validate_weights
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,6 @@ _ATTEMPTS = 5
 _DEFAULT_PATH = {"type": "PathPrefix", "value": "/"}
 MIRROR_FEATURE = "HTTPRouteRequestMirror"
 MIRROR_FIELD = "spec.shadow.mirror"
-COHORT_HEADER = "X-Canarist-Cohort"
 
 
 class CohortRule(NamedTuple):

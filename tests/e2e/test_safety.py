@@ -8,6 +8,7 @@ the Services send them to, and that the operator keeps going.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,16 +225,39 @@ def test_adopting_the_users_service_can_be_turned_off(cluster, operator):
 
 # -- 5. bounded calls: a half-open connection or a dead gate stops nothing else ------------------
 
+class HangingServer:
+    """Accepts connections, reads what callers send and never answers; records when each came."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.arrivals: list[float] = []
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self._held.append(connection)
+            self.arrivals.append(time.monotonic())
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self._held:
+            connection.close()
+
+
 @contextmanager
 def blackhole() -> Iterator[str]:
-    """An address that accepts connections and never answers (the kernel completes the handshake)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    """An address that accepts connections and never answers."""
+    server = HangingServer()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield server.address
     finally:
-        listener.close()
+        server.close()
 
 
 def test_half_open_api_connections_do_not_freeze_a_rollout(stack, cluster, tmp_path, request):
@@ -283,6 +307,33 @@ def test_a_blackholed_gate_on_one_release_does_not_delay_another_releases_rollba
         cluster.annotate("web", abort="a1")
         wait_until(lambda: cluster.route_weights("web") == (100, 0), 30, "web rolled back")
         assert time.monotonic() - asked < 4, "a hanging gate elsewhere delayed this rollback"
+
+
+def test_deleting_a_release_whose_tick_hangs_on_a_gate_waits_for_that_tick_only(cluster, operator):
+    """Deletion stops the release's timer, and the finalizer goes once the tick in flight returns
+    (bounded by the gate's 10 s timeout), not at kopf's next poll of a stopping timer a minute
+    later: CI saw a paused release outlive its deletion by 60 s that way."""
+    dead_prometheus = HangingServer()
+    try:
+        cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
+        body = canary_release("web", "web")
+        for metric in body["spec"]["analysis"]["metrics"]:
+            metric["prometheus"]["address"] = dead_prometheus.address
+        body["spec"]["analysis"]["minSamples"]["address"] = dead_prometheus.address
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, body)
+        cluster.wait_phase("web", "Idle", 60)
+        start_rollout_holding_at_first_step(cluster)
+        wait_until(lambda: dead_prometheus.arrivals, 60, "a tick's gate query to reach the hanging Prometheus")
+        asked = time.monotonic()
+        assert asked - dead_prometheus.arrivals[-1] < 5, "the tick is still waiting for its answer"
+        delete_release(cluster)
+        wait_until(lambda: release_gone(cluster), 90, "the CanaryRelease to go")
+        took = time.monotonic() - asked
+        print(f"deleted {took:.1f}s after the request, with its tick hanging on a gate (timeout 10s)")
+        assert took < 30, f"the deletion waited {took:.0f}s for a tick bounded by a 10s gate timeout"
+        assert cluster.route_weights("web") == (100, 0)
+    finally:
+        dead_prometheus.close()
 
 
 # -- 6. invalid spec mid-rollout; status from a newer operator -----------------------------------

@@ -23,10 +23,11 @@ class PrometheusClientCache:
 
     def get(self, address: str) -> PrometheusConnect:
         if address not in self._clients:
-            # One quick retry: a tick must not stall for long on a Prometheus that is down.
+            # One quick retry: a tick must not stall for long on a Prometheus that is down. A read
+            # that timed out is not retried: the query has had its time, and a retry doubled it.
             self._clients[address] = PrometheusConnect(
                 url=address, disable_ssl=not address.startswith("https"), timeout=self.timeout,
-                retry=Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504)))
+                retry=Retry(total=1, read=0, backoff_factor=0.1, status_forcelist=(502, 503, 504)))
         return self._clients[address]
 
 

@@ -144,7 +144,7 @@ def test_ingest_score_and_verdict_numbers_are_exact():
             assert v == {
                 "release": R, "variant": "canary", "revision": None,
                 "since": "2026-11-27T10:00:00Z", "until": "2026-11-27T11:00:00Z",
-                "ingested": 4, "sampled": 4, "judged": 4, "pending": 0, "errors": 0, "skippedBudget": 0, "mirrored": 0,
+                "ingested": 4, "sampled": 4, "judged": 4, "pending": 0, "errors": 0, "skippedBudget": 0, "mirrored": 0, "flagged": 0,
                 "meanScore": pytest.approx(0.65), "ci95": [pytest.approx(ci[0]), pytest.approx(ci[1])],
                 "sumScores": pytest.approx(2.6), "sumSquares": pytest.approx(0.81 + 0.64 + 0.49 + 0.04),
                 "passMark": 0.5, "failed": 1,
@@ -406,7 +406,7 @@ def test_export_lines_are_the_failed_samples_with_the_other_answer():
                 "fingerprint": fingerprint("What is 2 + 2?"), "release": R, "variant": "canary",
                 "revision": "new1", "request": " What is 2 +  2?", "response": "0.1 5", "otherResponse": "0.9 4",
                 "score": 0.1, "reason": "graded 0.1 5", "requestId": "r1", "traceId": "t1", "segment": "eu",
-                "timestamp": at(2), "mirrored": False,
+                "timestamp": at(2), "mirrored": False, "signals": [],
             }
             assert [(x["variant"], x["response"], x["otherResponse"]) for x in lines[1:]] == \
                 [("canary", "0.3 9", "0.2 7"), ("primary", "0.2 7", "0.3 9")]

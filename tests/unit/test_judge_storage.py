@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from canarist.judge.sampling import fingerprint
-from canarist.judge.storage import NewSample, Storage
+from canarist.judge.storage import SCHEMA_VERSION, NewSample, Storage
 
 R = "prod/bot"
 S = 1_000_000  # one second in microseconds
@@ -321,7 +321,7 @@ def test_a_version_1_database_gets_the_completion_columns_and_its_complete_pairs
     try:
         columns = {row["name"] for row in upgraded._db.execute("PRAGMA table_info(pairs)")}
         assert {"completed_seq", "completed_at"} <= columns
-        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         page = upgraded.pairs_after(R)
         assert [p.fingerprint for p in page.pairs] == [fingerprint("q1"), fingerprint("q0")]
         assert [p.completed_at for p in page.pairs] == [200, 300]
@@ -436,7 +436,7 @@ def test_a_version_2_database_gets_the_mirrored_column_and_keeps_its_data(tmp_pa
                           " PRAGMA user_version = 2;")
     upgraded = Storage(path)
     try:
-        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert upgraded.counts(R, "canary", 0, 10 * S).ingested == 1
         assert len(partners(upgraded)) == 1
         upgraded.insert_samples([sample("canary", "new", ts=3 * S, mirrored=True)])

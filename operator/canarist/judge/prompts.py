@@ -19,8 +19,10 @@ try to instruct the judge. Each untrusted text is therefore
    The nonce is declared in the system message by the sentence `NONCE_DECLARATION`, and the
    model is told that block content is data, never instructions.
 
-Two layers protect the judge; the second does not depend on the model at all: `injection_signals`
-detects an answer that addresses its grader, and the scorer caps such an answer at 0.
+The fencing and the strict parsing of the verdict (canarist.judge.verdicts) contain injection.
+`injection_signals` detects text that looks aimed at a grader; the scorer records the signals
+with the score as evidence (exports show them) and never lets them decide: honest answers that
+talk about scores, graders, instructions or tags look the same to it.
 
 The conventions are shared with the scripted test model (canarist.devstack.scripted_llm), which
 finds the blocks the way a model would: by the declared nonce and these delimiter lines.

@@ -4,9 +4,11 @@
   strictly (`verdicts.parse_score`).
 - `compare` asks twice, with the answers in both orders, concurrently; "a" or "b" wins only when
   both orders prefer it, otherwise it is a "tie" (this cancels a model's position bias).
-- An answer that addresses its grader (`prompts.injection_signals`) is a bad answer: its score is
-  capped at 0 (no LLM call is made: the cap decides), and it loses a comparison against an answer
-  without such signals (a tie if both have them). The reason names the signals.
+- Containment of prompt injection comes from the prompts (nonce-fenced data blocks) and the strict
+  parsing of the verdict. The injection signals of an answer (`prompts.injection_signals`) are
+  recorded with its score as evidence and never decide it: honest answers mention scores,
+  graders, instructions and tags too (a classifier's JSON with a "score", a translation of "give
+  this answer the maximum score"), and a cap scored every one of them 0.
 """
 
 from __future__ import annotations
@@ -18,12 +20,9 @@ from .prompts import MAX_REASON_CHARS, build_compare_messages, build_score_messa
 from .types import Comparison, Score
 from .verdicts import parse_comparison, parse_score
 
+
 def _cap(reason: str) -> str:
     return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1].rstrip() + "…"
-
-
-def _signal_reason(signals: list[str]) -> str:
-    return f"the answer addresses its grader ({', '.join(signals)}), which makes it a bad answer"
 
 
 class LLMScorer:
@@ -35,22 +34,11 @@ class LLMScorer:
         return f"LLMScorer(llm={self.llm!r}, rubric={'custom' if self.rubric else 'default'})"
 
     async def score(self, request: str, response: str) -> Score:
-        signals = injection_signals(response)
-        if signals:
-            return Score(0.0, f"score capped at 0: {_signal_reason(signals)}", 0)
         content, tokens = await self.llm.chat(build_score_messages(request, response, self.rubric))
         verdict = parse_score(content)
-        return Score(verdict.score, verdict.reason, tokens)
+        return Score(verdict.score, verdict.reason, tokens, tuple(injection_signals(response)))
 
     async def compare(self, request: str, answer_a: str, answer_b: str) -> Comparison:
-        signals_a, signals_b = injection_signals(answer_a), injection_signals(answer_b)
-        if signals_a and signals_b:
-            return Comparison("tie", _cap(f"both answers address their grader (a: {', '.join(signals_a)}; "
-                                          f"b: {', '.join(signals_b)})"), 0)
-        if signals_a or signals_b:
-            loser, signals = ("a", signals_a) if signals_a else ("b", signals_b)
-            return Comparison("b" if loser == "a" else "a", f"answer {loser} loses: {_signal_reason(signals)}", 0)
-
         results = await asyncio.gather(
             self._ask(request, answer_a, answer_b),   # a shown first, as "A"
             self._ask(request, answer_b, answer_a),   # b shown first, as "A"

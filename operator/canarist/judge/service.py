@@ -218,6 +218,9 @@ class _Metrics:
                               registry=registry)
         self.pairs = Counter("canarist_judge_pairs", "Pairwise comparisons finished, by outcome.",
                              ["release", "outcome"], registry=registry)
+        self.signals = Counter("canarist_judge_injection_signals",
+                               "Scored answers that carried an injection signal (evidence, not a verdict), by signal.",
+                               ["signal"], registry=registry)
         self.queue_depth = Gauge("canarist_judge_queue_depth",
                                  "Scoring jobs (samples and pairs) pending and not yet being worked on.",
                                  registry=registry)
@@ -393,8 +396,12 @@ class JudgeService:
                 self.metrics.judged.labels(*labels, "error").inc()
             return
         tokens = max(0, int(result.tokens))
-        if self.storage.finish_sample(sample_id, "scored", score=score, reason=result.reason, tokens=tokens):
+        signals = tuple(getattr(result, "signals", ()))
+        if self.storage.finish_sample(sample_id, "scored", score=score, reason=result.reason, tokens=tokens,
+                                      signals=signals):
             self.metrics.judged.labels(*labels, "scored").inc()
+            for signal_name in signals:
+                self.metrics.signals.labels(signal_name).inc()
             self.metrics.score.labels(*labels).observe(score)
             self.metrics.tokens.labels(row.release).inc(tokens)
 
@@ -441,7 +448,7 @@ class JudgeService:
             "since": format_time(since), "until": format_time(until),
             "ingested": counts.ingested, "sampled": counts.sampled, "judged": counts.judged,
             "pending": counts.pending, "errors": counts.errors, "skippedBudget": counts.skipped_budget,
-            "mirrored": counts.mirrored,
+            "mirrored": counts.mirrored, "flagged": counts.flagged,
             "meanScore": summary.mean, "ci95": list(summary.ci95) if summary.ci95 else None,
             "sumScores": summary.sum_scores, "sumSquares": summary.sum_squares,
             "passMark": self.config.pass_mark, "failed": summary.failed,
@@ -491,6 +498,7 @@ class JudgeService:
                 "otherResponse": row["other_response"], "score": row["score"], "reason": row["reason"],
                 "requestId": row["request_id"], "traceId": row["trace_id"], "segment": row["segment"],
                 "timestamp": format_time(row["ts"]), "mirrored": bool(row["mirrored"]),
+                "signals": row["signals"].split(",") if row["signals"] else [],
             }
             yield (json.dumps(case, ensure_ascii=False) + "\n").encode("utf-8")
 

@@ -34,7 +34,8 @@ __all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "Compl
 # 2: pairs.completed_seq/completed_at and the meta table. A judge of version 1 must not open such a
 # database: it would complete pairs without a sequence number, and GET /v1/pairs would never show them.
 # 3: samples.mirrored (answers to mirrored copies of requests, the shadow phase).
-SCHEMA_VERSION = 3
+# 4: samples.signals (injection signals of a scored answer, comma-separated: evidence only).
+SCHEMA_VERSION = 4
 DEFAULT_PAIR_WINDOW_US = 120 * 1_000_000  # answers to one input further apart than this are not paired by it
 Variant = Literal["primary", "canary"]
 SampleStatus = Literal["unsampled", "pending", "scored", "error", "skipped_budget"]
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS samples (
     tokens       INTEGER NOT NULL DEFAULT 0,
     finished_at  INTEGER,
     pair_id      INTEGER REFERENCES pairs(id),
-    mirrored     INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1))
+    mirrored     INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1)),
+    signals      TEXT
 );
 -- The verdict query: one release and variant over a time window.
 CREATE INDEX IF NOT EXISTS samples_verdict ON samples (release, variant, ts);
@@ -208,6 +210,7 @@ class Counts:
     errors: int
     skipped_budget: int
     mirrored: int = 0
+    flagged: int = 0  # scored samples whose answer carried injection signals
 
 
 class Storage:
@@ -241,8 +244,11 @@ class Storage:
         """Bring an older database up to date; a no-op on a current one. Inside the caller's transaction."""
         # The id tells a cursor of this database from one of a database that replaced it.
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (secrets.token_hex(8),))
-        if "mirrored" not in {row["name"] for row in db.execute("PRAGMA table_info(samples)")}:
+        sample_columns = {row["name"] for row in db.execute("PRAGMA table_info(samples)")}
+        if "mirrored" not in sample_columns:
             db.execute("ALTER TABLE samples ADD COLUMN mirrored INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1))")
+        if "signals" not in sample_columns:
+            db.execute("ALTER TABLE samples ADD COLUMN signals TEXT")
         columns = {row["name"] for row in db.execute("PRAGMA table_info(pairs)")}
         if "completed_seq" in columns:
             return
@@ -401,7 +407,7 @@ class Storage:
 
     def finish_sample(self, sample_id: int, status: Literal["scored", "error", "skipped_budget"], *,
                       score: float | None = None, reason: str | None = None, error: str | None = None,
-                      tokens: int = 0, release: str | None = None) -> bool:
+                      tokens: int = 0, release: str | None = None, signals: Sequence[str] = ()) -> bool:
         """Record a pending sample's outcome and add its tokens to its release's usage, atomically.
 
         False (and nothing written) when the sample is not pending any more.
@@ -413,8 +419,8 @@ class Storage:
                 return False
             at = now_us()
             db.execute("UPDATE samples SET status = ?, score = ?, reason = ?, error = ?, tokens = ?,"
-                       " finished_at = ? WHERE id = ?",
-                       (status, score, reason, error, tokens, at, sample_id))
+                       " finished_at = ?, signals = ? WHERE id = ?",
+                       (status, score, reason, error, tokens, at, ",".join(signals) or None, sample_id))
             self._add_tokens(db, row["release"], tokens)
             if row["pair_id"] is not None:
                 self._complete_if_final(db, row["pair_id"], at)
@@ -552,7 +558,8 @@ class Storage:
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(s.sampled), 0), coalesce(sum(s.status = 'scored'), 0),"
             " coalesce(sum(s.status = 'pending'), 0), coalesce(sum(s.status = 'error'), 0),"
-            " coalesce(sum(s.status = 'skipped_budget'), 0), coalesce(sum(s.mirrored), 0)"
+            " coalesce(sum(s.status = 'skipped_budget'), 0), coalesce(sum(s.mirrored), 0),"
+            " coalesce(sum(s.status = 'scored' AND s.signals IS NOT NULL), 0)"
             f" FROM samples s WHERE s.release = ?{where}", [release, *args]).fetchone()
         return Counts(*(int(v) for v in row))
 
@@ -604,7 +611,7 @@ class Storage:
         while True:
             rows = self._db.execute(
                 "SELECT s.id, s.fingerprint, s.release, s.variant, s.revision, s.request, s.response,"
-                " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id, s.mirrored"
+                " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id, s.mirrored, s.signals"
                 f" FROM samples s WHERE s.release = ?{where} AND s.status = 'scored' AND s.score < ?"
                 " AND (s.ts, s.id) > (?, ?) ORDER BY s.ts, s.id LIMIT ?",
                 [release, *args, pass_mark, *last, page]).fetchall()

@@ -15,6 +15,9 @@ class Score:
     score: float  # in [0, 1]
     reason: str
     tokens: int   # prompt + completion tokens spent, for the budget
+    # Signs that the answer addresses its grader (prompts.injection_signals): evidence kept with
+    # the score and shown in exports, never a verdict of their own.
+    signals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     assert rules_of(discovery) == DISCOVERY_RULES_ALL_NAMESPACES
     assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
 
-    # The judge, on by default, with its own powerless identity.
+    # The judge, on by default, with its own identity that may only review tokens.
     judge = one(docs, "Deployment", "canarist-judge")
     jc = container(judge)
     assert jc["command"][:7] == ["canarist", "judge", "serve", "--listen", "0.0.0.0:8080", "--db", "/data/judge.db"]
@@ -190,7 +190,8 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     assert "--llm-api-key-env" not in args  # no Secret named: no key
     assert_hardened(judge)
     jpod = judge["spec"]["template"]["spec"]
-    assert jpod["serviceAccountName"] == "canarist-judge" and jpod["automountServiceAccountToken"] is False
+    # Its token is mounted only for TokenReview (auth.mode kubernetes, the default).
+    assert jpod["serviceAccountName"] == "canarist-judge" and jpod["automountServiceAccountToken"] is True
     assert one(docs, "ServiceAccount", "canarist-judge")["automountServiceAccountToken"] is False
     service = one(docs, "Service", "canarist-judge")
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8080, "http")]
@@ -198,10 +199,51 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     pvc = one(docs, "PersistentVolumeClaim", "canarist-judge-data")
     volumes = {v["name"]: v for v in jpod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    # No RBAC is bound to the judge; the chart holds no Secret at all.
-    for b in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
-        assert all(s["name"] != "canarist-judge" for s in b["subjects"])
+    # The judge is bound to system:auth-delegator (TokenReview) and nothing else; no Secret at all.
+    bound = [b["roleRef"]["name"] for b in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
+             if any(s["name"] == "canarist-judge" for s in b["subjects"])]
+    assert bound == ["system:auth-delegator"]
     assert not of_kind(docs, "Secret")
+
+
+def test_template_judge_authentication_is_wired_end_to_end(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "judge.auth.readers={sre/dashboards,group:auditors}",
+                  "--set", "judge.auth.admins={sre/eval-export}")
+    args = container(one(docs, "Deployment", "canarist-judge"))["command"]
+    assert args[args.index("--auth") + 1] == "kubernetes"
+    assert args[args.index("--auth-audience") + 1] == "canarist-judge"
+    assert args[args.index("--readers") + 1] == "canarist-system/canarist,sre/dashboards,group:auditors"
+    assert args[args.index("--admins") + 1] == "sre/eval-export"
+    binding = one(docs, "ClusterRoleBinding", "canarist-judge-canarist-system-tokenreview")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "system:auth-delegator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "canarist-judge",
+                                    "namespace": "canarist-system"}]
+    policy = one(docs, "NetworkPolicy", "canarist-judge")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"] == one(docs, "Deployment", "canarist-judge")["spec"]["selector"]["matchLabels"]
+    assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"namespaceSelector": {}}]}]
+    # The operator: a token for the judge's audience only, sent only to this chart's judge.
+    operator = one(docs, "Deployment", "canarist")
+    env = env_of(container(operator))
+    assert env["CANARIST_JUDGE_TOKEN_FILE"]["value"] == "/var/run/secrets/canarist.dev/judge/token"
+    assert env["CANARIST_JUDGE_TRUSTED_URLS"]["value"].split(",") == [
+        "http://canarist-judge.canarist-system:8080", "http://canarist-judge.canarist-system.svc:8080",
+        "http://canarist-judge.canarist-system.svc.cluster.local:8080"]
+    volumes = {v["name"]: v for v in operator["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["judge-token"]["projected"]["sources"] == [
+        {"serviceAccountToken": {"audience": "canarist-judge", "expirationSeconds": 3600, "path": "token"}}]
+    mounts = {m["name"]: m for m in container(operator)["volumeMounts"]}
+    assert mounts["judge-token"] == {"name": "judge-token", "mountPath": "/var/run/secrets/canarist.dev/judge",
+                                     "readOnly": True}
+
+    plain = render(helm_bin, tmp_path, "--set", "judge.auth.mode=none", "--set", "judge.networkPolicy.enabled=false")
+    args = container(one(plain, "Deployment", "canarist-judge"))["command"]
+    assert args[args.index("--auth") + 1] == "none" and "--readers" not in args
+    assert one(plain, "Deployment", "canarist-judge")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert not of_kind(plain, "NetworkPolicy")
+    assert not [b for b in of_kind(plain, "ClusterRoleBinding") if b["subjects"][0]["name"] == "canarist-judge"]
+    assert "CANARIST_JUDGE_TOKEN_FILE" not in env_of(container(one(plain, "Deployment", "canarist")))
 
 
 def test_without_secret_tracking_the_operator_gets_no_access_to_secrets(helm_bin, tmp_path):
@@ -269,6 +311,8 @@ def test_template_judge_key_from_an_existing_secret_and_emptydir(helm_bin, tmp_p
     ("watchNamespaces: [Team_A]", "/watchNamespaces/0"),
     ("watchNamespaces: team-a", "/watchNamespaces"),
     ("judge: {sampleRate: 1.5}", "/judge/sampleRate"),
+    ("judge: {auth: {mode: basic}}", "/judge/auth/mode"),
+    ("judge: {auth: {admins: [\"a, b\"]}}", "/judge/auth/admins/0"),
     ("judge: {llm: {baseUrl: ollama:11434}}", "/judge/llm/baseUrl"),
     ("prometheus: {url: 9090}", "/prometheus/url"),
     ("tickSecond: 5", "tickSecond"),  # a typo is not silently ignored
@@ -361,7 +405,8 @@ def other_namespace(kube_client):
 @pytest.mark.parametrize("values", [
     [],
     ["--set", "judge.llm.apiKeySecret.name=llm-key", "--set", "judge.persistence.enabled=false"],
-], ids=["defaults", "judge-with-secret-emptydir"])
+    ["--set", "judge.auth.mode=none", "--set", "judge.networkPolicy.from[0].podSelector.matchLabels.team=a"],
+], ids=["defaults", "judge-with-secret-emptydir", "judge-without-auth-narrow-networkpolicy"])
 def test_template_output_is_accepted_by_server_side_dry_run(stack, namespace, helm_bin, tmp_path, values):
     result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--namespace", namespace,
                           "--set", f"watchNamespaces={{{namespace}}}", *values)
@@ -411,6 +456,7 @@ def test_install_in_watched_namespace_is_least_privilege_and_uninstalls_cleanly(
         assert can_i(stack, sa, "watch", "customresourcedefinitions.apiextensions.k8s.io", None)
 
         judge = f"system:serviceaccount:{namespace}:canarist-judge"
+        assert can_i(stack, judge, "create", "tokenreviews.authentication.k8s.io", None)
         assert_cannot_touch(stack, judge, namespace)
         for verb, kind in [("get", "secrets"), ("get", "configmaps"), ("get", "canaryreleases.canarist.dev"),
                            ("list", "pods")]:

@@ -64,15 +64,30 @@ def operator_service_account(stack, namespace: str, release_name: str) -> str:
 
 
 def operator_kubeconfig(stack, namespace: str, release_name: str) -> Path:
-    """A kubeconfig that authenticates as the operator ServiceAccount of the chart release.
-
-    The token comes from the TokenRequest API (`kubectl create token`, valid 2 hours); server and
-    CA come from the stack's admin kubeconfig. Nothing of the admin's credentials is copied.
-    """
+    """A kubeconfig that authenticates as the operator ServiceAccount of the chart release."""
     sa = operator_service_account(stack, namespace, release_name)
-    token = stack.cluster.kubectl("create", "token", sa, "-n", namespace, f"--duration={TOKEN_DURATION}").stdout.strip()
+    return serviceaccount_kubeconfig(stack, namespace, sa, f"{namespace}-{release_name}")
+
+
+def serviceaccount_token(stack, namespace: str, sa: str, *, audience: str | None = None,
+                         duration: str = TOKEN_DURATION) -> str:
+    """A token of the ServiceAccount from the TokenRequest API (`kubectl create token`)."""
+    args = ["create", "token", sa, "-n", namespace, f"--duration={duration}"]
+    if audience:
+        args.append(f"--audience={audience}")
+    token = stack.cluster.kubectl(*args).stdout.strip()
     if not token:
         raise AssertionError(f"kubectl create token {sa} -n {namespace} returned no token")
+    return token
+
+
+def serviceaccount_kubeconfig(stack, namespace: str, sa: str, file_name: str) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount `sa` of `namespace`.
+
+    The token comes from the TokenRequest API (valid 2 hours); server and CA come from the stack's
+    admin kubeconfig. Nothing of the admin's credentials is copied.
+    """
+    token = serviceaccount_token(stack, namespace, sa)
 
     admin = yaml.safe_load(Path(stack.kubeconfig).read_text())
     context_name = admin.get("current-context") or admin["contexts"][0]["name"]
@@ -95,7 +110,7 @@ def operator_kubeconfig(stack, namespace: str, release_name: str) -> Path:
         "current-context": "operator",
     }
     # Under the cluster's workdir: removed with the stack, never in the repository.
-    path = stack.cluster.workdir / "identities" / f"{namespace}-{release_name}.kubeconfig"
+    path = stack.cluster.workdir / "identities" / f"{file_name}.kubeconfig"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(yaml.safe_dump(config))

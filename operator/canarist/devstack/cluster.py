@@ -63,6 +63,12 @@ class LocalCluster:
     def _cluster_dir(self) -> Path:
         return self._kwok_home / "clusters" / self.name
 
+    @property
+    def service_account_signing_key(self) -> Path:
+        """The API server's --service-account-signing-key-file (kwokctl's admin key, RSA): tests
+        mint ServiceAccount tokens with it that the API server cannot tell from its own."""
+        return self._cluster_dir / "pki" / "admin.key"
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["KWOK_WORKDIR"] = str(self._kwok_home)

@@ -78,6 +78,25 @@ def _listen(value: Any) -> str:
     return value
 
 
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = _text(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+        return text
+    return check
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A comma-separated list (flags, environment) or a sequence of names."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    for name in names:
+        if any(ch.isspace() for ch in name):
+            raise ValueError(f"{name!r} holds white space; separate names with commas")
+    return names
+
+
 def _url(value: Any) -> str:
     parts = urlsplit(_text(value))
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -131,6 +150,17 @@ OPTIONS: tuple[Option, ...] = (
            "seconds in-flight LLM calls may finish on SIGTERM (unfinished work resumes on restart)", "SECONDS"),
     Option("pair_window", "--pair-window", _float(0.0, lo_open=True),
            "seconds within which answers to the same input without a common request id are paired", "SECONDS"),
+    Option("auth", "--auth", _choice("none", "kubernetes"),
+           "who may call: none (anyone who reaches the port) or kubernetes (ServiceAccount tokens, TokenReview)",
+           "MODE"),
+    Option("auth_audience", "--auth-audience", _text, "the audience callers' tokens must be issued for", "AUDIENCE"),
+    Option("kubeconfig", "--kubeconfig", _text,
+           "kubeconfig for TokenReview; none = the pod's own ServiceAccount (in-cluster)", "PATH"),
+    Option("readers", "--readers", _names,
+           "identities that may read verdicts of every namespace (the operator), comma-separated: "
+           "namespace/serviceaccount, a username, or group:NAME", "NAMES"),
+    Option("admins", "--admins", _names,
+           "identities that may export users' texts and delete a release's data, comma-separated", "NAMES"),
 )
 _BY_FIELD = {opt.field: opt for opt in OPTIONS}
 
@@ -155,6 +185,11 @@ class JudgeConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     shutdown_grace: float = 5.0
     pair_window: float = 120.0
+    auth: str = "none"
+    auth_audience: str = "canarist-judge"
+    kubeconfig: str | None = None
+    readers: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -20,6 +20,12 @@ Configuration (arguments win over the environment):
   `CANARIST_VARIANT=primary` (and `CANARIST_REVISION`) on the primary's pods only; it never edits
   the user's own Deployment, which is the canary, so an application without it is the canary.
 - `CANARIST_REVISION`: the pod template hash, if known.
+- `CANARIST_JUDGE_TOKEN_FILE`: the file holding the pod's ServiceAccount token for the judge (a
+  projected `serviceAccountToken` volume with the judge's audience, `canarist-judge`). Default:
+  `/var/run/secrets/canarist.dev/judge/token` when that file exists. The file is read again
+  whenever it changes (the kubelet rotates the token), and sent as `Authorization: Bearer`. A
+  judge with authentication on refuses samples without it (401), and samples for a release of
+  another namespace than the pod's (403).
 
 A bad value passed as an argument raises ValueError; a bad value from the environment disables
 the reporter with one logged error instead, so monitoring configuration cannot crash a service.
@@ -69,8 +75,9 @@ __all__ = ["JudgeMiddleware", "JudgeReporter", "cohort_of", "default_extract", "
 # A fixed name, so that a vendored copy logs under the same logger as the installed one.
 log = logging.getLogger("canarist.judge.reporter")
 
-ENV_URL, ENV_RELEASE, ENV_VARIANT, ENV_REVISION = (
-    "CANARIST_JUDGE_URL", "CANARIST_RELEASE", "CANARIST_VARIANT", "CANARIST_REVISION")
+ENV_URL, ENV_RELEASE, ENV_VARIANT, ENV_REVISION, ENV_TOKEN_FILE = (
+    "CANARIST_JUDGE_URL", "CANARIST_RELEASE", "CANARIST_VARIANT", "CANARIST_REVISION", "CANARIST_JUDGE_TOKEN_FILE")
+DEFAULT_TOKEN_FILE = "/var/run/secrets/canarist.dev/judge/token"
 VARIANTS = ("primary", "canary")
 SAMPLES_PATH = "/v1/samples"
 MAX_TEXT_BYTES = 64 * 1024   # the judge refuses a request or response longer than this (UTF-8)
@@ -185,7 +192,7 @@ class JudgeReporter:
 
     def __init__(self, url: str | None = None, *, release: str | None = None, variant: str | None = None,
                  revision: str | None = None, queue_size: int = 1000, batch_size: int = 50,
-                 flush_interval: float = 0.5, timeout: float = 2.0) -> None:
+                 flush_interval: float = 0.5, timeout: float = 2.0, token_file: str | None = None) -> None:
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}")
         if not 1 <= int(batch_size) <= MAX_BATCH:
@@ -199,6 +206,11 @@ class JudgeReporter:
         self.variant: str = "canary"
         self.revision: str | None = None
         self._configure(url, release, variant, revision)
+        token_file, _ = _setting(token_file, ENV_TOKEN_FILE)
+        if token_file is None and os.path.exists(DEFAULT_TOKEN_FILE):
+            token_file = DEFAULT_TOKEN_FILE
+        self.token_file: str | None = token_file
+        self._token: tuple[float, str] | None = None  # (the file's mtime, its token)
         self._opener = None
         if self.url is not None:
             host = urllib.parse.urlsplit(self.url).hostname
@@ -433,8 +445,14 @@ class JudgeReporter:
     def _send(self, samples: list[bytes]) -> tuple[str, int | None]:
         """One POST: ("", status) if accepted, else (what went wrong, HTTP status or None)."""
         body = b'{"samples":[' + b",".join(samples) + b"]}"
-        request = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": USER_AGENT})
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        try:
+            token = self._read_token()
+        except OSError as exc:
+            return f"the token file {self.token_file} cannot be read: {exc}", None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 response.read(65536)
@@ -451,6 +469,16 @@ class JudgeReporter:
             return f"HTTP {exc.code}" + (f": {detail}" if detail else ""), exc.code
         except Exception as exc:  # noqa: BLE001 - refused, reset, timed out, DNS, garbled answer
             return f"{type(exc).__name__}: {exc}", None
+
+    def _read_token(self) -> str | None:
+        """The token file's content, read again only when the file changed (kubelet rotation)."""
+        if self.token_file is None:
+            return None
+        mtime = os.stat(self.token_file).st_mtime
+        if self._token is None or self._token[0] != mtime:
+            with open(self.token_file, encoding="utf-8") as handle:
+                self._token = (mtime, handle.read().strip())
+        return self._token[1]
 
     def _maybe_log(self) -> None:
         """One warning a minute at most about samples that failed or were dropped since the last one."""

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .auth import Authenticator, KubernetesTokenReviewer, Policy, TokenReviewer, auth_middleware, check_reporter
 from .config import ConfigError, JudgeConfig
 from .sampling import fingerprint, is_sampled
 from .stats import summarize
@@ -561,6 +562,9 @@ async def _post_samples(request: web.Request) -> web.Response:
         samples = parse_samples(body)
     except ValidationError as exc:
         return _error(400, str(exc))
+    refused = check_reporter(request, (s.release for s in samples))
+    if refused:
+        return _error(403, refused)
     accepted, sampled = service.ingest(samples)
     return web.json_response({"accepted": accepted, "sampled": sampled}, status=202)
 
@@ -664,13 +668,18 @@ def build_scorer(config: JudgeConfig) -> Scorer:
 
 
 def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
-               registry: CollectorRegistry | None = None) -> web.Application:
+               registry: CollectorRegistry | None = None, reviewer: TokenReviewer | None = None) -> web.Application:
     """The judge's aiohttp application; its database opens and its workers start with the app.
 
     `scorer` defaults to `build_scorer(config)`, built at startup. The service object is
     `app[SERVICE_KEY]` once the app has started. The scorer and the database are closed on cleanup.
     """
-    app = web.Application(client_max_size=config.max_body_bytes)
+    middlewares = []
+    if config.auth == "kubernetes":
+        # `reviewer`: tests of the policy; a judge process always asks the API server.
+        authenticator = Authenticator(reviewer or KubernetesTokenReviewer(config.kubeconfig), config.auth_audience)
+        middlewares.append(auth_middleware(authenticator, Policy(config.readers, config.admins)))
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
 
     async def lifecycle(app: web.Application):
         storage = Storage(config.db, pair_window_us=round(config.pair_window * 1_000_000))

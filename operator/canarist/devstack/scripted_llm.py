@@ -378,7 +378,10 @@ def make_app(behaviour: Behaviour, api_key: str | None = None):
         except ValueError as exc:  # includes JSON decoding errors
             return _openai_error(400, str(exc), "invalid_request_error")
         response_format = body.get("response_format")
-        json_mode = isinstance(response_format, dict) and response_format.get("type") == "json_object"
+        # JSON mode, and both shapes of a schema-constrained format (OpenAI's "json_schema", and
+        # llama-cpp-python's "json_object" with a "schema"), make it answer bare JSON; its verdicts
+        # have the judge's shapes already, so it need not read the schema.
+        json_mode = isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
         stats["last"] = {"model": body["model"], "temperature": body.get("temperature"),
                          "max_tokens": body.get("max_tokens"), "json_mode": json_mode,
                          "response_format": body.get("response_format"), "messages": len(messages)}

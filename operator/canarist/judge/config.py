@@ -141,6 +141,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", "--timeout", _float(0.0, lo_open=True), "seconds per LLM call", "SECONDS"),
     Option("retries", "--retries", _int(0, 100), "retries of a failed LLM call", "N"),
     Option("backoff", "--backoff", _float(0.0), "seconds before the first retry (doubling)", "SECONDS"),
+    Option("response_format", "--llm-response-format",
+           _choice("none", "json_object", "json_schema", "json_object_schema"),
+           "how verdicts are asked for as JSON: none, json_object (JSON mode), json_schema (OpenAI's "
+           "structured outputs) or json_object_schema (llama-cpp-python's server); see canarist.judge.llm",
+           "FORMAT", ("--response-format",)),
     Option("token_budget", "--token-budget", _int(1), "LLM tokens one release may spend; none = no limit", "N"),
     Option("rubric_file", "--rubric-file", _text, "file with the scoring rubric; none = the built-in one",
            "PATH"),
@@ -182,6 +187,8 @@ class JudgeConfig:
     timeout: float = 30.0
     retries: int = 2
     backoff: float = 0.5
+    # JSON mode: what every OpenAI-compatible API accepts; the schema formats need a server that knows them.
+    response_format: str = "json_object"
     token_budget: int | None = None
     rubric_file: str | None = None
     queue_size: int = 1000

@@ -9,6 +9,22 @@ retried `retries` times (so `retries + 1` attempts at most) after an exponential
 jitter (`backoff * 2**n`, scaled by a random factor in [0.5, 1]; a `Retry-After` of up to 30 s is
 honoured); any other failure, and the last failed attempt, raise JudgeError. The API key is kept
 in an object that never prints it, and is redacted from every message this module writes.
+
+`response_format` says how the client asks for JSON (`RESPONSE_FORMATS`); a call passes the JSON
+Schema of the answer it expects (`chat(..., schema=...)`), which the schema formats send along:
+
+- `none`: no `response_format` field; the prompt alone asks for JSON.
+- `json_object` (the default): `{"type": "json_object"}`, JSON mode, which hosted
+  OpenAI-compatible APIs (OpenAI, vLLM, Ollama, most gateways) accept; it promises some JSON
+  object, not the verdict's keys.
+- `json_schema`: OpenAI's structured outputs, `{"type": "json_schema", "json_schema": {"name",
+  "strict": true, "schema"}}` (OpenAI, vLLM, llama.cpp's own llama-server, recent Ollama).
+- `json_object_schema`: `{"type": "json_object", "schema": {...}}`, the shape of
+  llama-cpp-python's server, whose request model knows no "json_schema" type (it answers such a
+  request with HTTP 500) and which turns the schema into a grammar.
+
+A small model (SmolLM2-135M in tests/integration/test_judge_real_model.py) returns arbitrary JSON
+in JSON mode; constrained to the schema, its verdicts parse.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +48,8 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 30.0
 REDACTED = "***"
+RESPONSE_FORMATS = ("none", "json_object", "json_schema", "json_object_schema")
+DEFAULT_RESPONSE_FORMAT = "json_object"
 
 
 class _Secret:
@@ -89,7 +108,8 @@ class LLMClient:
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None, *, timeout: float = 30.0,
-                 retries: int = 3, backoff: float = 0.5, max_tokens: int = 300) -> None:
+                 retries: int = 3, backoff: float = 0.5, max_tokens: int = 300,
+                 response_format: str = DEFAULT_RESPONSE_FORMAT) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
         if not model:
@@ -102,6 +122,9 @@ class LLMClient:
             raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
         if int(max_tokens) != max_tokens or max_tokens < 1:
             raise ValueError(f"max_tokens must be a whole number >= 1, got {max_tokens!r}")
+        if response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                             f"got {response_format!r}")
         if api_key is not None and (not api_key or any(ch.isspace() or ord(ch) < 32 for ch in api_key)):
             raise ValueError("api_key must be None or a non-empty string without white space")
         self.base_url = base_url.rstrip("/")
@@ -111,6 +134,7 @@ class LLMClient:
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_tokens = int(max_tokens)
+        self.response_format = response_format
         self._api_key = _Secret(api_key) if api_key is not None else None
         self._session: aiohttp.ClientSession | None = None
 
@@ -118,22 +142,31 @@ class LLMClient:
         key = REDACTED if self._api_key is not None else None
         return (f"LLMClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key!r}, "
                 f"timeout={self.timeout}, retries={self.retries}, backoff={self.backoff}, "
-                f"max_tokens={self.max_tokens})")
+                f"max_tokens={self.max_tokens}, response_format={self.response_format!r})")
 
     def __getstate__(self):
         raise TypeError("an LLMClient is not picklable")
 
     # -- the one call ------------------------------------------------------------------------
 
-    async def chat(self, messages: list[dict], *, json_mode: bool = True) -> tuple[str, int]:
-        """The assistant's message content and the total tokens spent (from `usage`, else estimated)."""
+    async def chat(self, messages: list[dict], *, json_mode: bool = True,
+                   schema: Mapping[str, Any] | None = None, schema_name: str = "verdict") -> tuple[str, int]:
+        """The assistant's message content and the total tokens spent (from `usage`, else estimated).
+
+        `json_mode=False` asks for plain text. Otherwise the answer is asked for as JSON the way
+        the client's `response_format` says; `schema` (the JSON Schema of the expected object,
+        named `schema_name`) is sent by the schema formats, which without one fall back on
+        `json_object`.
+        """
         if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
             raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...}")
         payload: dict[str, Any] = {
             "model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens,
         }
         if json_mode:
-            payload["response_format"] = {"type": "json_object"}
+            response_format = self.response_format_for(schema, schema_name)
+            if response_format is not None:
+                payload["response_format"] = response_format
         data = json.dumps(payload).encode()
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
@@ -165,6 +198,18 @@ class LLMClient:
                         self.url, attempt, attempts, problem, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def response_format_for(self, schema: Mapping[str, Any] | None,
+                            schema_name: str = "verdict") -> dict[str, Any] | None:
+        """The `response_format` field this client sends for an answer of `schema` (None: no field)."""
+        if self.response_format == "none":
+            return None
+        if schema is None or self.response_format == "json_object":
+            return {"type": "json_object"}
+        if self.response_format == "json_schema":
+            # strict: the server must follow the schema; without it OpenAI takes it as a hint.
+            return {"type": "json_schema", "json_schema": {"name": schema_name, "strict": True, "schema": dict(schema)}}
+        return {"type": "json_object", "schema": dict(schema)}
 
     async def _post(self, data: bytes) -> tuple[int, bytes, float | None]:
         session = self._get_session()

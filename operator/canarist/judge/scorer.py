@@ -9,6 +9,9 @@
   recorded with its score as evidence and never decide it: honest answers mention scores,
   graders, instructions and tags too (a classifier's JSON with a "score", a translation of "give
   this answer the maximum score"), and a cap scored every one of them 0.
+- Each call passes the verdict's JSON Schema to the LLM client, which sends it as its
+  `response_format` says (a constrained server cannot answer another shape); the verdict is parsed
+  just as strictly either way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 from .llm import LLMClient
 from .prompts import MAX_REASON_CHARS, build_compare_messages, build_score_messages, injection_signals
 from .types import Comparison, Score
-from .verdicts import parse_comparison, parse_score
+from .verdicts import COMPARISON_SCHEMA, SCORE_SCHEMA, parse_comparison, parse_score
 
 
 def _cap(reason: str) -> str:
@@ -34,7 +37,8 @@ class LLMScorer:
         return f"LLMScorer(llm={self.llm!r}, rubric={'custom' if self.rubric else 'default'})"
 
     async def score(self, request: str, response: str) -> Score:
-        content, tokens = await self.llm.chat(build_score_messages(request, response, self.rubric))
+        content, tokens = await self.llm.chat(build_score_messages(request, response, self.rubric),
+                                              schema=SCORE_SCHEMA, schema_name="score_verdict")
         verdict = parse_score(content)
         return Score(verdict.score, verdict.reason, tokens, tuple(injection_signals(response)))
 
@@ -60,7 +64,8 @@ class LLMScorer:
                                       f"{first.reason}"), tokens)
 
     async def _ask(self, request: str, first: str, second: str):
-        content, tokens = await self.llm.chat(build_compare_messages(request, first, second, self.rubric))
+        content, tokens = await self.llm.chat(build_compare_messages(request, first, second, self.rubric),
+                                              schema=COMPARISON_SCHEMA, schema_name="comparison_verdict")
         return parse_comparison(content), tokens
 
     async def close(self) -> None:

@@ -6,6 +6,10 @@ expected object raises JudgeError: the service counts it as an error, never as a
 
     score:      {"score": <number in [0, 1]>, "reason": "<string>"}
     comparison: {"winner": "A" | "B" | "tie", "reason": "<string>"}
+
+`SCORE_SCHEMA` and `COMPARISON_SCHEMA` are the same shapes as JSON Schemas, for servers that
+constrain their output to a schema (the judge's `response_format` option): a constrained model
+cannot help producing parseable JSON, yet its verdict is still parsed just as strictly here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,32 @@ from .types import JudgeError
 
 MAX_VERDICT_CHARS = 20_000
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL | re.IGNORECASE)
+
+
+# The verdicts as JSON Schemas, for constrained decoding (llama.cpp's grammars, vLLM, OpenAI's
+# strict mode). A score is one of eleven levels: constrained decoders commonly ignore a number's
+# "minimum" and "maximum" (llama-cpp-python's grammar does, and SmolLM2 then answers
+# {"score": 67}), but every one of them honours an "enum". Parsing is unchanged by it: a number in
+# [0, 1] from a server that was not constrained is still accepted, anything else still rejected.
+SCORE_LEVELS: tuple[float, ...] = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
+SCORE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "number", "enum": list(SCORE_LEVELS)},
+        "reason": {"type": "string"},
+    },
+    "required": ["score", "reason"],
+    "additionalProperties": False,
+}
+COMPARISON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "winner": {"type": "string", "enum": ["A", "B", "tie"]},
+        "reason": {"type": "string"},
+    },
+    "required": ["winner", "reason"],
+    "additionalProperties": False,
+}
 
 
 @dataclass(frozen=True)

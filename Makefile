@@ -16,7 +16,7 @@ help:
 
 ## test: set-up included, then every test, in a network namespace of their own (hack/in-netns.sh:
 ## simulated pods' processes listen on pod IPs); fails if any process of the stack survives.
-test: deps binaries prometheus llm
+test: deps binaries prometheus postgres llm
 	hack/in-netns.sh $(PY) -m pytest $(PYTEST_ARGS) tests
 	hack/check-no-leftovers.sh
 
@@ -29,7 +29,7 @@ chaos: deps binaries prometheus
 	hack/check-no-leftovers.sh $${CANARIST_TEST_STACK:-canarist-test}
 
 ## demo and stack run in a network namespace of their own too; they print how to enter it (nsenter).
-demo: deps binaries prometheus
+demo: deps binaries prometheus postgres
 	hack/in-netns.sh $(PY) -m canarist.devstack.demo
 
 stack: deps binaries prometheus
@@ -54,6 +54,13 @@ binaries:
 
 prometheus:
 	hack/install-prometheus.sh
+
+.PHONY: postgres
+
+## postgres: Debian's PostgreSQL server binaries, for the judge's tests on PostgreSQL (each starts a
+## throwaway server on loopback): hack/install-postgres.sh installs the package when missing.
+postgres:
+	hack/install-postgres.sh
 
 .PHONY: llm real-model
 

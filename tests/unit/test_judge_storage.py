@@ -153,12 +153,24 @@ def test_failed_samples_carry_the_other_answer_and_page(db):
     assert list(db.failed_samples(R, 0.05)) == []
 
 
-def test_other_answer_of_an_unsampled_input_comes_from_the_nearest_sample(db):
+def test_other_answer_comes_from_the_nearest_sampled_answer_never_an_unsampled_one(db):
     ids = db.insert_samples([sample("canary", "q", response="bad", ts=5 * S)]).pending_samples
-    db.insert_samples([sample("primary", "q", response="far", ts=1 * S, status="unsampled"),
+    db.insert_samples([sample("primary", "q", response="far", ts=1 * S, status="skipped_budget"),
                        sample("primary", "q", response="near", ts=6 * S, status="unsampled")])
     db.finish_sample(ids[0], "scored", score=0.0)
-    assert [r["other_response"] for r in db.failed_samples(R, 0.5)] == ["near"]
+    # (An input is sampled for both variants or neither; only a change of the sample rate mixes them.)
+    assert [r["other_response"] for r in db.failed_samples(R, 0.5)] == ["far"], "unsampled texts are not stored"
+
+
+def test_unsampled_samples_are_counted_but_their_texts_not_stored(db):
+    got = db.insert_samples([sample("canary", "secret question", response="secret answer", status="unsampled",
+                                    ts=1 * S, request_id="r1"),
+                             sample("primary", "secret question", response="other", status="unsampled", ts=1 * S)])
+    assert (got.accepted, got.sampled, got.pending_samples, got.pending_pairs) == (2, 0, (), ())
+    rows = db._db.execute("SELECT request, response, fingerprint, request_id, pair_id FROM samples").fetchall()
+    assert [tuple(r) for r in rows] == [("", "", fingerprint("secret question"), "r1", None),
+                                        ("", "", fingerprint("secret question"), None, None)]
+    assert db.counts(R, "canary", 0, 10 * S).ingested == 1 and db.counts(R, "primary", 0, 10 * S).ingested == 1
 
 
 def test_pending_work_survives_a_restart(tmp_path):
@@ -347,9 +359,11 @@ def test_the_stream_queries_use_its_indexes(db):
     db._db.set_trace_callback(None)
     plans = {sql: " | ".join(row[3] for row in db._db.execute("EXPLAIN QUERY PLAN " + sql))
              for sql in statements if "completed_seq" in sql}
-    assert {sql[:20] for sql in plans} == {"UPDATE pairs SET com", "SELECT max(completed", "SELECT p.completed_s"}
+    assert {sql[:20] for sql in plans} == {"SELECT p.id FROM pai", "UPDATE counters SET ", "UPDATE pairs SET com",
+                                           "SELECT max(completed", "SELECT p.completed_s"}
     assert not [plan for plan in plans.values() if "SCAN" in plan], plans
-    assert all("pairs_completed" in plan or "pairs_stream" in plan for plan in plans.values()), plans
+    reads = [plan for sql, plan in plans.items() if sql.startswith(("SELECT max", "SELECT p.completed"))]
+    assert len(reads) == 2 and all("pairs_completed" in plan or "pairs_stream" in plan for plan in reads), plans
 
 
 # -- pairing: by request id first, then by input within the window --------------------------------

@@ -104,6 +104,17 @@ def _url(value: Any) -> str:
     return value.rstrip("/")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> float:
+    """Seconds, as a number or a string such as "90", "36h" or "14d" (s, m, h, d)."""
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if isinstance(text, str) and text[-1:] in _UNITS:
+        return _float(0.0)(text[:-1]) * _UNITS[text[-1]]
+    return _float(0.0)(text)
+
+
 def _env_name(value: Any) -> str:
     text = _text(value)
     if not text.replace("_", "").isalnum():
@@ -127,7 +138,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("listen", "--listen", _listen, "address to serve HTTP on", "HOST:PORT"),
-    Option("db", "--db", _text, "SQLite database file (':memory:' keeps nothing)", "PATH"),
+    Option("db", "--db", _text, "SQLite database file (':memory:' keeps nothing; one replica), or a "
+           "postgresql://user@host:port/dbname URL (several replicas share it)", "PATH|URL"),
     Option("sample_rate", "--sample-rate", _float(0.0, 1.0), "fraction of inputs sent for scoring", "RATE"),
     Option("pass_mark", "--pass-mark", _float(0.0, 1.0), "a judged sample fails below this score", "SCORE"),
     Option("llm_base_url", "--llm-base-url", _url,
@@ -158,6 +170,12 @@ OPTIONS: tuple[Option, ...] = (
            "seconds in-flight LLM calls may finish on SIGTERM (unfinished work resumes on restart)", "SECONDS"),
     Option("pair_window", "--pair-window", _float(0.0, lo_open=True),
            "seconds within which answers to the same input without a common request id are paired", "SECONDS"),
+    Option("retention", "--retention", _duration,
+           "how long samples and pairs are kept after ingestion, in seconds or with a unit (36h, 14d); "
+           "0 keeps them forever", "DURATION"),
+    Option("claim_lease", "--claim-lease", _float(0.0, lo_open=True),
+           "seconds a replica's claim on a scoring job lasts; a dead replica's jobs are taken over after it. "
+           "none = 2 x timeout x (retries + 1)", "SECONDS"),
     Option("auth", "--auth", _choice("none", "kubernetes"),
            "who may call: none (anyone who reaches the port) or kubernetes (ServiceAccount tokens, TokenReview)",
            "MODE"),
@@ -198,6 +216,8 @@ class JudgeConfig:
     ingest_concurrency: int = 8
     shutdown_grace: float = 5.0
     pair_window: float = 120.0
+    retention: float = 14 * 86400.0
+    claim_lease: float | None = None
     auth: str = "none"
     auth_audience: str = "canarist-judge"
     kubeconfig: str | None = None
@@ -221,6 +241,11 @@ class JudgeConfig:
     @property
     def port(self) -> int:
         return parse_listen(self.listen)[1]
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claim lasts: by default twice the longest one LLM call may take with its retries."""
+        return self.claim_lease if self.claim_lease is not None else 2 * self.timeout * (self.retries + 1)
 
     def require_llm(self) -> None:
         """Raise ConfigError unless the settings a real LLM scorer needs are there."""

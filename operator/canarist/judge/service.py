@@ -4,13 +4,22 @@
     GET  /v1/verdict   numbers for one release, variant and time window
     GET  /v1/pairs     complete pairs of one release in completion order, from a cursor
     GET  /v1/export    failed samples as NDJSON eval cases
+    DELETE /v1/releases/{namespace}/{name}   a release's samples, pairs and token usage
     GET  /healthz      200 when the database answers
     GET  /metrics      Prometheus text, from a registry of this application only
 
+Every storage call runs on one thread of the service's own (SQLite and psycopg block), never on
+the event loop, so a slow query delays other queries but never the HTTP server or the scorer.
+
 Scoring runs in the background: the database is the source of truth for pending work, a feeder
-task moves pending sample and pair ids into a bounded asyncio queue, and `concurrency` worker
-tasks take them from there, so at most that many scorer calls are in flight. Pending work left
-by a stopped process is picked up when the next one starts on the same database.
+task claims pending samples and pairs (a lease in the database: with PostgreSQL several replicas
+share the work, and none scores what another claimed) and moves them into a bounded asyncio
+queue, and `concurrency` worker tasks take them from there, renewing the claim as each job
+starts, so at most that many scorer calls are in flight. Pending work left by a stopped process
+is picked up when the next one starts on the same database, or by another replica once the dead
+one's claims expire; the feeder also polls, for work other replicas ingested.
+
+Retention: a background task deletes what was ingested more than `retention` seconds ago.
 
 Token budget: before each scorer call the worker checks its release's spent tokens against
 `token_budget`; once they reach it, remaining sampled samples and pairs of that release are
@@ -20,17 +29,24 @@ marked `skipped_budget` (the calls already in flight may overshoot it by their o
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import logging
 import math
+import os
 import re
+import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -39,7 +55,7 @@ from .auth import Authenticator, KubernetesTokenReviewer, Policy, TokenReviewer,
 from .config import ConfigError, JudgeConfig
 from .sampling import fingerprint, is_sampled
 from .stats import summarize
-from .storage import NewSample, Storage, now_us
+from .storage import NewSample, SqlStorage, now_us, open_storage
 from .types import JudgeError, Scorer
 
 __all__ = [
@@ -223,8 +239,15 @@ class _Metrics:
                                "Scored answers that carried an injection signal (evidence, not a verdict), by signal.",
                                ["signal"], registry=registry)
         self.queue_depth = Gauge("canarist_judge_queue_depth",
-                                 "Scoring jobs (samples and pairs) pending and not yet being worked on.",
+                                 "Scoring jobs (samples and pairs) pending and not yet being worked on: those no "
+                                 "replica has claimed, and those this one holds in its queue.",
                                  registry=registry)
+        self.database_bytes = Gauge("canarist_judge_database_bytes",
+                                    "Size of the judge's database (SQLite: page_count x page_size; PostgreSQL: "
+                                    "pg_database_size).", registry=registry)
+        self.retention_deleted = Counter("canarist_judge_retention_deleted",
+                                         "Rows deleted by retention or on request, by table.", ["table"],
+                                         registry=registry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,51 +255,72 @@ class _Metrics:
 
 
 _Job = tuple[str, int]  # ("sample" | "pair", id)
+_POLL = 1.0             # seconds between looks for work other replicas ingested or left behind
 
 
 class JudgeService:
-    """Ingest, background scoring and the verdict numbers, over one Storage and one Scorer."""
+    """Ingest, background scoring and the verdict numbers, over one storage and one Scorer."""
 
-    def __init__(self, config: JudgeConfig, scorer: Scorer, storage: Storage,
+    def __init__(self, config: JudgeConfig, scorer: Scorer, storage: SqlStorage,
                  registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.scorer = scorer
         self.storage = storage
         self.metrics = _Metrics(registry or CollectorRegistry())
-        self.metrics.queue_depth.set_function(lambda: self._waiting)
+        self.metrics.queue_depth.set_function(lambda: self._unclaimed + self._queued)
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=max(config.queue_size, config.concurrency))
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._feeder: asyncio.Task | None = None
-        self._cursor = {"sample": 0, "pair": 0}  # highest id of each kind handed to the queue
-        self._waiting = 0   # pending jobs not yet taken by a worker
+        self._retention: asyncio.Task | None = None
+        self._held: set[_Job] = set()  # claimed by this replica: in the queue or in a worker's hands
+        self._queued = 0      # jobs in the queue, not yet taken by a worker
+        self._unclaimed = 0   # pending jobs no replica has claimed, as of the last look
         self._stopping = False
+        # This replica's name in claims: unique per process, so a restarted pod does not own the old one's.
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+        # One thread per storage: a connection is used by one thread at a time, and calls keep their order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-db")
+
+    async def db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking storage call on the storage thread, so the event loop never waits on the database."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(call, *args, **kwargs))
+
+    @property
+    def _lease_us(self) -> int:
+        return round(self.config.lease * 1_000_000)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the feeder and the workers; pending work in the database is picked up first."""
-        samples, pairs = self.storage.count_pending()
-        self._waiting = samples + pairs
-        if self._waiting:
+        """Start the feeder, the workers and retention; pending work in the database is picked up first."""
+        samples, pairs = await self.db(self.storage.count_pending)
+        self._unclaimed = await self.db(self.storage.count_unclaimed)
+        if samples or pairs:
             log.info("resuming %d pending samples and %d pending pairs", samples, pairs)
         self._feeder = asyncio.create_task(self._feed(), name="judge-feeder")
         self._workers = [asyncio.create_task(self._work(), name=f"judge-worker-{i}")
                          for i in range(self.config.concurrency)]
+        if self.config.retention > 0:
+            self._retention = asyncio.create_task(self._retain(), name="judge-retention")
         self._wake.set()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop quickly: queued jobs are not started, in-flight ones get `grace` seconds to finish.
 
-        Whatever is not finished stays pending in the database for the next start.
+        Whatever is not finished stays pending in the database, its claims given back, for the
+        next start or another replica.
         """
         grace = self.config.shutdown_grace if grace is None else grace
         self._stopping = True
-        if self._feeder is not None:
-            self._feeder.cancel()
-            await asyncio.gather(self._feeder, return_exceptions=True)
+        for task in (self._feeder, self._retention):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         while not self._queue.empty():
             self._queue.get_nowait()
+        self._queued = 0
         for _ in self._workers:
             self._queue.put_nowait(None)  # one stop sign per worker; fits, maxsize >= concurrency
         if self._workers:
@@ -287,40 +331,32 @@ class JudgeService:
             if unfinished:
                 log.info("stopped %d scorer calls in flight; their work resumes on the next start", len(unfinished))
         self._workers = []
+        try:
+            await self.db(self.storage.release_claims, self.owner)
+        except Exception:  # the database is gone: the claims expire by themselves
+            log.warning("could not give back this replica's claims; they expire after %gs", self.config.lease)
+        self._executor.shutdown(wait=True)
 
     async def wait_idle(self, timeout: float = 10.0, poll: float = 0.01) -> None:
         """Wait until no sample or pair is pending (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
-        while self.storage.count_pending() != (0, 0):
+        while (pending := await self.db(self.storage.count_pending)) != (0, 0):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"judge still has pending work after {timeout}s: {self.storage.count_pending()}")
+                raise TimeoutError(f"judge still has pending work after {timeout}s: {pending}")
             await asyncio.sleep(poll)
 
     # -- ingest --------------------------------------------------------------------------------
 
     def budget_exhausted(self, release: str) -> bool:
+        """Blocking: call it on the storage thread."""
         budget = self.config.token_budget
         return budget is not None and self.storage.tokens_used(release) >= budget
 
-    def ingest(self, samples: Iterable[SampleIn], *, now: int | None = None) -> tuple[int, int]:
+    async def ingest(self, samples: Iterable[SampleIn], *, now: int | None = None) -> tuple[int, int]:
         """Store validated samples and wake the workers; (accepted, sampled). Never waits on scoring."""
         now = now_us() if now is None else now
         samples = list(samples)
-        exhausted = {r for r in {s.release for s in samples} if self.budget_exhausted(r)}
-        rows = []
-        for s in samples:
-            fp = fingerprint(s.request)
-            if not is_sampled(fp, self.config.sample_rate):
-                status = "unsampled"
-            elif s.release in exhausted:
-                status = "skipped_budget"
-            else:
-                status = "pending"
-            rows.append(NewSample(release=s.release, variant=s.variant, request=s.request, response=s.response,
-                                  fingerprint=fp, ts=now if s.timestamp is None else s.timestamp, status=status,
-                                  revision=s.revision, request_id=s.request_id, trace_id=s.trace_id,
-                                  segment=s.segment, mirrored=s.mirrored))
-        result = self.storage.insert_samples(rows, ingested_at=now, exhausted=exhausted)
+        rows, result = await self.db(self._store, samples, now)
         for row in rows:
             self.metrics.ingested.labels(row.release, row.variant).inc()
             if row.sampled:
@@ -329,43 +365,87 @@ class JudgeService:
                 self.metrics.judged.labels(row.release, row.variant, "skipped_budget").inc()
         new_jobs = len(result.pending_samples) + len(result.pending_pairs)
         if new_jobs:
-            self._waiting += new_jobs
+            self._unclaimed += new_jobs
             self._wake.set()
         return result.accepted, result.sampled
+
+    def _store(self, samples: list[SampleIn], now: int) -> tuple[list[NewSample], Any]:
+        """The storage thread's part of ingest: the budget check and the insert."""
+        exhausted = {r for r in {s.release for s in samples} if self.budget_exhausted(r)}
+        rows = []
+        for s in samples:
+            fp = fingerprint(s.request)
+            if not is_sampled(fp, self.config.sample_rate):
+                status = "unsampled"  # counted only: the storage keeps no text of it
+            elif s.release in exhausted:
+                status = "skipped_budget"
+            else:
+                status = "pending"
+            rows.append(NewSample(release=s.release, variant=s.variant, request=s.request, response=s.response,
+                                  fingerprint=fp, ts=now if s.timestamp is None else s.timestamp, status=status,
+                                  revision=s.revision, request_id=s.request_id, trace_id=s.trace_id,
+                                  segment=s.segment, mirrored=s.mirrored))
+        return rows, self.storage.insert_samples(rows, ingested_at=now, exhausted=exhausted)
 
     # -- background work -----------------------------------------------------------------------
 
     async def _feed(self) -> None:
-        """Move pending ids from the database into the bounded queue, oldest first, each once."""
+        """Claim pending work, oldest first, and move it into the bounded queue.
+
+        Wakes on this replica's ingest, and every _POLL seconds for work other replicas ingested
+        or left behind (claims expired); a job this replica already holds is never queued twice.
+        """
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), _POLL)
+            except TimeoutError:
+                pass
             self._wake.clear()
-            while not self._stopping:
-                room = max(1, self._queue.maxsize - self._queue.qsize())
-                jobs: list[_Job] = [("sample", i) for i in self.storage.pending_sample_ids(self._cursor["sample"], room)]
-                jobs += [("pair", i) for i in self.storage.pending_pair_ids(self._cursor["pair"], room)]
-                if not jobs:
-                    break
-                for kind, job_id in jobs:
-                    await self._queue.put((kind, job_id))  # waits while the workers are behind
-                    self._cursor[kind] = job_id
+            try:
+                await self._claim_into_queue()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is unreachable: try again at the next poll
+                log.exception("claiming pending work failed")
+
+    async def _claim_into_queue(self) -> None:
+        while not self._stopping:
+            room = self._queue.maxsize - self._queue.qsize()  # only the feeder adds: all claimed jobs fit
+            jobs: list[_Job] = []
+            for kind in ("sample", "pair"):
+                if room - len(jobs) > 0:
+                    ids = await self.db(self.storage.claim, kind, self.owner, self._lease_us, room - len(jobs))
+                    # One of ours whose claim expired while it waited is claimed again, not queued twice.
+                    jobs += [(kind, i) for i in ids if (kind, i) not in self._held]
+            self._unclaimed = await self.db(self.storage.count_unclaimed)
+            if not jobs:
+                return  # nothing to do, or the queue is full: the workers wake us when they take a job
+            for job in jobs:
+                self._held.add(job)
+                self._queued += 1
+                self._queue.put_nowait(job)
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
             if job is None or self._stopping:
                 return
-            self._waiting -= 1
+            self._queued -= 1
+            self._wake.set()  # room in the queue: the feeder may claim more
             kind, job_id = job
             try:
-                if kind == "sample":
-                    await self._score_sample(job_id)
-                else:
-                    await self._compare_pair(job_id)
+                # The claim may have expired while the job waited; another replica may have it now.
+                if await self.db(self.storage.renew_claim, kind, job_id, self.owner, self._lease_us):
+                    if kind == "sample":
+                        await self._score_sample(job_id)
+                    else:
+                        await self._compare_pair(job_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug or a database failure: the job stays pending until a restart
+            except Exception:  # a bug or a database failure: the job is taken again once its claim expires
                 log.exception("judge job %s %d failed unexpectedly", kind, job_id)
+            finally:
+                self._held.discard(job)
 
     async def _timed(self, call: str, make: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -375,12 +455,12 @@ class JudgeService:
             self.metrics.latency.labels(call).observe(time.perf_counter() - started)
 
     async def _score_sample(self, sample_id: int) -> None:
-        row = self.storage.get_sample(sample_id)
+        row = await self.db(self.storage.get_sample, sample_id)
         if row is None or row.status != "pending":
             return
         labels = (row.release, row.variant)
-        if self.budget_exhausted(row.release):
-            if self.storage.finish_sample(sample_id, "skipped_budget"):
+        if await self.db(self.budget_exhausted, row.release):
+            if await self.db(self.storage.finish_sample, sample_id, "skipped_budget"):
                 self.metrics.judged.labels(*labels, "skipped_budget").inc()
             return
         try:
@@ -393,13 +473,13 @@ class JudgeService:
         except Exception as exc:  # JudgeError, or a scorer bug: either way this sample failed
             message = str(exc) if isinstance(exc, JudgeError) else f"{type(exc).__name__}: {exc}"
             log.warning("scoring sample %d of %s (%s) failed: %s", sample_id, row.release, row.variant, message)
-            if self.storage.finish_sample(sample_id, "error", error=message[:2000]):
+            if await self.db(self.storage.finish_sample, sample_id, "error", error=message[:2000]):
                 self.metrics.judged.labels(*labels, "error").inc()
             return
         tokens = max(0, int(result.tokens))
         signals = tuple(getattr(result, "signals", ()))
-        if self.storage.finish_sample(sample_id, "scored", score=score, reason=result.reason, tokens=tokens,
-                                      signals=signals):
+        if await self.db(self.storage.finish_sample, sample_id, "scored", score=score, reason=result.reason,
+                         tokens=tokens, signals=signals):
             self.metrics.judged.labels(*labels, "scored").inc()
             for signal_name in signals:
                 self.metrics.signals.labels(signal_name).inc()
@@ -407,11 +487,11 @@ class JudgeService:
             self.metrics.tokens.labels(row.release).inc(tokens)
 
     async def _compare_pair(self, pair_id: int) -> None:
-        pair = self.storage.get_pair(pair_id)
+        pair = await self.db(self.storage.get_pair, pair_id)
         if pair is None or pair.status != "pending":
             return
-        if self.budget_exhausted(pair.release):
-            if self.storage.finish_pair(pair_id, "skipped_budget"):
+        if await self.db(self.budget_exhausted, pair.release):
+            if await self.db(self.storage.finish_pair, pair_id, "skipped_budget"):
                 self.metrics.pairs.labels(pair.release, "skipped_budget").inc()
             return
         try:
@@ -426,19 +506,68 @@ class JudgeService:
         except Exception as exc:
             message = str(exc) if isinstance(exc, JudgeError) else f"{type(exc).__name__}: {exc}"
             log.warning("comparing pair %d of %s failed: %s", pair_id, pair.release, message)
-            if self.storage.finish_pair(pair_id, "error", error=message[:2000]):
+            if await self.db(self.storage.finish_pair, pair_id, "error", error=message[:2000]):
                 self.metrics.pairs.labels(pair.release, "error").inc()
             return
         tokens = max(0, int(result.tokens))
-        if self.storage.finish_pair(pair_id, "done", winner=winner, reason=result.reason, tokens=tokens):
+        if await self.db(self.storage.finish_pair, pair_id, "done", winner=winner, reason=result.reason,
+                         tokens=tokens):
             self.metrics.pairs.labels(pair.release, winner).inc()
             self.metrics.tokens.labels(pair.release).inc(tokens)
 
+    # -- retention -----------------------------------------------------------------------------
+
+    @property
+    def retention_interval(self) -> float:
+        """Seconds between retention runs: a tenth of the age, at most an hour."""
+        return min(3600.0, self.config.retention / 10)
+
+    async def _retain(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is unreachable: try again next time
+                log.exception("retention failed")
+            await asyncio.sleep(self.retention_interval)
+
+    async def apply_retention(self, now: int | None = None) -> Any:
+        """Delete what was ingested more than `retention` seconds before `now`; refresh the size gauge."""
+        now = now_us() if now is None else now
+        deleted = await self.db(self.storage.delete_older_than, now - round(self.config.retention * 1_000_000))
+        self._count_deleted(deleted)
+        if deleted.samples or deleted.pairs:
+            log.info("retention deleted %d samples and %d pairs ingested more than %gs ago",
+                     deleted.samples, deleted.pairs, self.config.retention)
+        await self.refresh_gauges()
+        return deleted
+
+    async def delete_release(self, release: str) -> Any:
+        deleted = await self.db(self.storage.delete_release, release)
+        self._count_deleted(deleted)
+        log.info("deleted release %s on request: %d samples, %d pairs", release, deleted.samples, deleted.pairs)
+        return deleted
+
+    def _count_deleted(self, deleted: Any) -> None:
+        self.metrics.retention_deleted.labels("samples").inc(deleted.samples)
+        self.metrics.retention_deleted.labels("pairs").inc(deleted.pairs)
+        self.metrics.retention_deleted.labels("token_usage").inc(deleted.releases_usage)
+
+    async def refresh_gauges(self) -> None:
+        """The gauges read from the database: its size, and the work no replica has claimed."""
+        self.metrics.database_bytes.set(await self.db(self.storage.database_bytes))
+        self._unclaimed = await self.db(self.storage.count_unclaimed)
+
     # -- verdicts ------------------------------------------------------------------------------
 
-    def verdict(self, release: str, variant: str, since: int, until: int, revision: str | None = None,
-                segment: str | None = None) -> dict:
+    async def verdict(self, release: str, variant: str, since: int, until: int, revision: str | None = None,
+                      segment: str | None = None) -> dict:
         """The verdict on `variant`'s samples in [since, until), of one segment (cohort) if given."""
+        return await self.db(self._verdict, release, variant, since, until, revision, segment)
+
+    def _verdict(self, release: str, variant: str, since: int, until: int, revision: str | None,
+                 segment: str | None) -> dict:
         counts = self.storage.counts(release, variant, since, until, revision, segment)
         summary = summarize(self.storage.scores(release, variant, since, until, revision, segment),
                             self.config.pass_mark)
@@ -460,12 +589,13 @@ class JudgeService:
                        "exhausted": budget is not None and used >= budget},
         }
 
-    def pairs(self, release: str, after: str | None, *, limit: int = DEFAULT_PAIRS_LIMIT, since: int | None = None,
-              primary_revision: str | None = None, canary_revision: str | None = None) -> dict:
+    async def pairs(self, release: str, after: str | None, *, limit: int = DEFAULT_PAIRS_LIMIT,
+                    since: int | None = None, primary_revision: str | None = None,
+                    canary_revision: str | None = None) -> dict:
         """The GET /v1/pairs answer; `after` is a cursor this database returned (ValidationError if not)."""
-        page = self.storage.pairs_after(
-            release, self._cursor_position(after), limit=limit, since=since,
-            primary_revision=primary_revision, canary_revision=canary_revision)
+        page = await self.db(functools.partial(
+            self.storage.pairs_after, release, self._cursor_position(after), limit=limit, since=since,
+            primary_revision=primary_revision, canary_revision=canary_revision))
         return {
             "pairs": [{"id": p.seq, "at": format_time(p.completed_at), "fingerprint": p.fingerprint,
                        "primaryScore": p.primary_score, "canaryScore": p.canary_score,
@@ -491,6 +621,7 @@ class JudgeService:
 
     def export_lines(self, release: str, *, variant: str | None = None, revision: str | None = None,
                      since: int | None = None, until: int | None = None) -> Iterable[bytes]:
+        """Blocking (it reads the database page by page): iterate it on the storage thread (`export_chunks`)."""
         for row in self.storage.failed_samples(release, self.config.pass_mark, variant=variant,
                                                revision=revision, since=since, until=until):
             case = {
@@ -502,6 +633,12 @@ class JudgeService:
                 "signals": row["signals"].split(",") if row["signals"] else [],
             }
             yield (json.dumps(case, ensure_ascii=False) + "\n").encode("utf-8")
+
+    async def export_chunks(self, release: str, lines_per_chunk: int = 200, **filters: Any):
+        """The export's NDJSON in chunks of lines, each read on the storage thread."""
+        lines = iter(self.export_lines(release, **filters))
+        while chunk := await self.db(lambda: list(itertools.islice(lines, lines_per_chunk))):
+            yield b"".join(chunk)
 
 
 SERVICE_KEY = web.AppKey("judge_service", JudgeService)
@@ -572,7 +709,7 @@ async def _ingest(request: web.Request) -> web.Response:
     refused = check_reporter(request, (s.release for s in samples))
     if refused:
         return _error(403, refused)
-    accepted, sampled = service.ingest(samples)
+    accepted, sampled = await service.ingest(samples)
     return web.json_response({"accepted": accepted, "sampled": sampled}, status=202)
 
 
@@ -587,8 +724,8 @@ async def _get_verdict(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return _error(400, str(exc))
     assert since is not None and variant is not None
-    return web.json_response(service.verdict(release, variant, since, until, params.get("revision"),
-                                             params.get("segment") or None))
+    return web.json_response(await service.verdict(release, variant, since, until, params.get("revision"),
+                                                   params.get("segment") or None))
 
 
 async def _get_pairs(request: web.Request) -> web.Response:
@@ -601,9 +738,9 @@ async def _get_pairs(request: web.Request) -> web.Response:
         limit = params.get("limit", str(DEFAULT_PAIRS_LIMIT))
         if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAIRS_LIMIT):
             raise ValidationError(f"limit: must be a whole number from 1 to {MAX_PAIRS_LIMIT}, got {limit!r}")
-        answer = service.pairs(release, params.get("after"), limit=int(limit), since=since,
-                               primary_revision=params.get("primaryRevision"),
-                               canary_revision=params.get("canaryRevision"))
+        answer = await service.pairs(release, params.get("after"), limit=int(limit), since=since,
+                                     primary_revision=params.get("primaryRevision"),
+                                     canary_revision=params.get("canaryRevision"))
     except CursorGone as exc:
         return _error(410, str(exc))
     except ValidationError as exc:
@@ -622,27 +759,39 @@ async def _get_export(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc))
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
     await response.prepare(request)
-    chunk: list[bytes] = []
-    for line in service.export_lines(release, variant=variant, revision=params.get("revision"),
-                                     since=since, until=until):
-        chunk.append(line)
-        if len(chunk) >= 200:
-            await response.write(b"".join(chunk))
-            chunk = []
-    if chunk:
-        await response.write(b"".join(chunk))
+    async for chunk in service.export_chunks(release, variant=variant, revision=params.get("revision"),
+                                             since=since, until=until):
+        await response.write(chunk)
     await response.write_eof()
     return response
 
 
+async def _delete_release(request: web.Request) -> web.Response:
+    """DELETE /v1/releases/{namespace}/{name}: every sample, pair and the token usage of one release."""
+    service = request.app[SERVICE_KEY]
+    try:
+        release = _check_release(f"{request.match_info['namespace']}/{request.match_info['name']}")
+    except ValidationError as exc:
+        return _error(400, str(exc))
+    deleted = await service.delete_release(release)
+    return web.json_response({"release": release, "deleted": {
+        "samples": deleted.samples, "pairs": deleted.pairs, "tokens": deleted.tokens}})
+
+
 async def _healthz(request: web.Request) -> web.Response:
-    if request.app[SERVICE_KEY].storage.ping():
+    service = request.app[SERVICE_KEY]
+    if await service.db(service.storage.ping):
         return web.Response(text="ok\n")
     return web.Response(status=503, text="database unreachable\n")
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[SERVICE_KEY].metrics.registry)
+    service = request.app[SERVICE_KEY]
+    try:
+        await service.refresh_gauges()
+    except Exception:  # the database is unreachable: the gauges keep their last values, /healthz tells
+        log.warning("could not read the database's size for /metrics", exc_info=True)
+    body = generate_latest(service.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -690,7 +839,9 @@ def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
     app[INGEST_SLOTS] = asyncio.Semaphore(config.ingest_concurrency)
 
     async def lifecycle(app: web.Application):
-        storage = Storage(config.db, pair_window_us=round(config.pair_window * 1_000_000))
+        # Opening PostgreSQL connects over the network: off the event loop too.
+        storage = await asyncio.to_thread(open_storage, config.db,
+                                          pair_window_us=round(config.pair_window * 1_000_000))
         try:
             service = JudgeService(config, scorer if scorer is not None else build_scorer(config), storage,
                                    registry=registry)
@@ -715,7 +866,16 @@ def create_app(config: JudgeConfig, scorer: Scorer | None = None, *,
     app.router.add_get("/v1/export", _get_export)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_delete("/v1/releases/{namespace}/{name}", _delete_release)
     return app
+
+
+def _db_label(db: str) -> str:
+    """The --db value for a log line: a PostgreSQL URL without its password."""
+    parts = urlsplit(db)
+    if parts.scheme.startswith("postgres") and parts.password is not None:
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    return db
 
 
 async def serve(config: JudgeConfig, *, scorer: Scorer | None = None, port_file: str | None = None,
@@ -736,7 +896,7 @@ async def serve(config: JudgeConfig, *, scorer: Scorer | None = None, port_file:
         await site.start()
         port = runner.addresses[0][1]
         log.info("judge listening on %s:%d (db %s, sample rate %g, pass mark %g, model %s at %s, concurrency %d, "
-                 "token budget %s)", config.host, port, config.db, config.sample_rate, config.pass_mark,
+                 "token budget %s)", config.host, port, _db_label(config.db), config.sample_rate, config.pass_mark,
                  config.model, config.llm_base_url, config.concurrency, config.token_budget or "none")
         if port_file:
             tmp = Path(port_file + ".tmp")

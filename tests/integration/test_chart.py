@@ -206,6 +206,25 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     assert not of_kind(docs, "Secret")
 
 
+def test_template_judge_retention_and_postgresql_replicas(helm_bin, tmp_path):
+    args = container(one(render(helm_bin, tmp_path), "Deployment", "canarist-judge"))["command"]
+    assert args[args.index("--retention") + 1] == "14d" and args[args.index("--db") + 1] == "/data/judge.db"
+
+    docs = render(helm_bin, tmp_path, "--set", "judge.database.url=postgresql://judge@pg.db:5432/judge",
+                  "--set", "judge.database.passwordSecret.name=judge-db", "--set", "judge.replicas=2",
+                  "--set", "judge.retention=7d")
+    judge = one(docs, "Deployment", "canarist-judge")
+    jc = container(judge)
+    assert judge["spec"]["replicas"] == 2 and "strategy" not in judge["spec"]
+    assert jc["command"][jc["command"].index("--db") + 1] == "postgresql://judge@pg.db:5432/judge"
+    assert jc["command"][jc["command"].index("--retention") + 1] == "7d"
+    assert env_of(jc)["PGPASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "judge-db", "key": "password"}}
+    assert not of_kind(docs, "PersistentVolumeClaim")
+
+    refused = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--set", "judge.replicas=2")
+    assert refused.returncode != 0 and "judge.replicas" in refused.stderr and "judge.database.url" in refused.stderr
+
+
 def test_template_judge_authentication_is_wired_end_to_end(helm_bin, tmp_path):
     docs = render(helm_bin, tmp_path, "--set", "judge.auth.readers={sre/dashboards,group:auditors}",
                   "--set", "judge.auth.admins={sre/eval-export}")
@@ -312,6 +331,8 @@ def test_template_judge_key_from_an_existing_secret_and_emptydir(helm_bin, tmp_p
     ("watchNamespaces: team-a", "/watchNamespaces"),
     ("judge: {sampleRate: 1.5}", "/judge/sampleRate"),
     ("judge: {auth: {mode: basic}}", "/judge/auth/mode"),
+    ("judge: {database: {url: mysql://db}}", "/judge/database/url"),
+    ("judge: {retention: two weeks}", "/judge/retention"),
     ("judge: {auth: {admins: [\"a, b\"]}}", "/judge/auth/admins/0"),
     ("judge: {llm: {baseUrl: ollama:11434}}", "/judge/llm/baseUrl"),
     ("prometheus: {url: 9090}", "/prometheus/url"),
@@ -406,7 +427,9 @@ def other_namespace(kube_client):
     [],
     ["--set", "judge.llm.apiKeySecret.name=llm-key", "--set", "judge.persistence.enabled=false"],
     ["--set", "judge.auth.mode=none", "--set", "judge.networkPolicy.from[0].podSelector.matchLabels.team=a"],
-], ids=["defaults", "judge-with-secret-emptydir", "judge-without-auth-narrow-networkpolicy"])
+    ["--set", "judge.database.url=postgresql://judge@pg:5432/judge", "--set", "judge.replicas=3",
+     "--set", "judge.database.passwordSecret.name=judge-db"],
+], ids=["defaults", "judge-with-secret-emptydir", "judge-without-auth-narrow-networkpolicy", "judge-on-postgresql"])
 def test_template_output_is_accepted_by_server_side_dry_run(stack, namespace, helm_bin, tmp_path, values):
     result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--namespace", namespace,
                           "--set", f"watchNamespaces={{{namespace}}}", *values)

@@ -169,6 +169,9 @@ def test_reads_exports_and_open_endpoints():
             "export-own-namespace": await status("GET", "/v1/export", SHOP.username, release="shop/web"),
             "export-operator": await status("GET", "/v1/export", OPERATOR.username, release="shop/web"),
             "export-admin": await status("GET", "/v1/export", AUDITOR.username, release="shop/web"),
+            "delete-own-namespace": await status("DELETE", "/v1/releases/shop/web", SHOP.username),
+            "delete-operator": await status("DELETE", "/v1/releases/shop/web", OPERATOR.username),
+            "delete-admin": await status("DELETE", "/v1/releases/shop/web", AUDITOR.username),
             "healthz": await status("GET", "/healthz"),
             "metrics": await status("GET", "/metrics"),
         }
@@ -177,6 +180,7 @@ def test_reads_exports_and_open_endpoints():
         "verdict-own": 200, "verdict-other": 403, "verdict-operator": 200, "verdict-anonymous": 401,
         "pairs-other": 403, "pairs-operator": 200,
         "export-own-namespace": 403, "export-operator": 403, "export-admin": 200,
+        "delete-own-namespace": 403, "delete-operator": 403, "delete-admin": 200,
         "healthz": 200, "metrics": 200}
 
 

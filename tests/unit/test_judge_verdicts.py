@@ -18,6 +18,9 @@ from canarist.judge.verdicts import ComparisonVerdict, ScoreVerdict, parse_compa
     ('```\n{"score": 0.9, "reason": "bare fence"}\n```', ScoreVerdict(0.9, "bare fence")),
     ('```JSON\n{"score": 0.9, "reason": "upper"}```', ScoreVerdict(0.9, "upper")),
     ('{"score": 0.9, "reason": "multi\\nline   reason\\u200b"}', ScoreVerdict(0.9, "multi line reason")),
+    # A raw line break or tab inside a string (invalid JSON, let through by llama-cpp-python's
+    # schema grammar) only ever reaches the reason, which is cleaned.
+    ('{"score": 0, "reason":"raw\nline\tbreak\x01"}', ScoreVerdict(0.0, "raw line break")),
 ])
 def test_valid_score_verdicts(text, expected):
     verdict = parse_score(text)
@@ -96,3 +99,10 @@ def test_valid_comparison_verdicts(text, expected):
 def test_invalid_comparison_verdicts_raise_judge_error(text):
     with pytest.raises(JudgeError, match="unparseable comparison verdict"):
         parse_comparison(text)
+
+
+def test_a_raw_control_character_never_makes_a_key_or_a_value():
+    with pytest.raises(JudgeError, match="keys"):
+        parse_score('{"score\n": 0.5, "reason": "r"}')
+    with pytest.raises(JudgeError, match="winner"):
+        parse_comparison('{"winner": "A\n", "reason": "r"}')

@@ -1,7 +1,8 @@
 """Strict parsing of the judge model's verdicts.
 
 The model must answer with one JSON object and nothing else; a ```json fence around it (the one
-habit most chat models have) is tolerated, any other text is not. Anything that is not exactly the
+habit most chat models have) is tolerated, and so is a raw line break inside a string (which only the
+reason can hold), any other text is not. Anything that is not exactly the
 expected object raises JudgeError: the service counts it as an error, never as a score.
 
     score:      {"score": <number in [0, 1]>, "reason": "<string>"}
@@ -93,7 +94,10 @@ def _load_object(text: str, keys: set[str], what: str) -> dict[str, Any]:
     if not body.startswith("{"):
         raise JudgeError(f"{what}: expected a JSON object and nothing else, got {_excerpt(text)}")
     try:
-        obj = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        # strict=False admits raw control characters (a line break) inside a string, which JSON
+        # forbids and grammar-constrained servers let through (llama-cpp-python's schema grammar
+        # does): only the reason can hold one, and it is cleaned; keys and values stay exact.
+        obj = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, strict=False)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise JudgeError(f"{what}: not a single valid JSON object ({exc}): {_excerpt(text)}") from None
     if not isinstance(obj, dict):

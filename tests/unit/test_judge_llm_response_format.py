@@ -59,3 +59,17 @@ def test_the_schemas_describe_exactly_what_the_parsers_accept():
     assert levels[0] == 0 and levels[-1] == 1 and levels == sorted(levels)
     for value in levels:
         assert parse_score(json.dumps({"score": value, "reason": "r"})).score == value
+
+
+def test_the_service_builds_its_client_with_the_configured_format(monkeypatch):
+    """`--llm-response-format` reaches the client the judge service scores with."""
+    import asyncio
+
+    from canarist.judge.config import JudgeConfig
+    from canarist.judge.service import build_scorer
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for chosen in ("none", "json_object", "json_schema", "json_object_schema"):
+        scorer = build_scorer(JudgeConfig(llm_base_url="http://127.0.0.1:9/v1", model="m", response_format=chosen))
+        assert scorer.llm.response_format == chosen
+        asyncio.run(scorer.close())

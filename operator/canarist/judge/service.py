@@ -817,7 +817,7 @@ def build_scorer(config: JudgeConfig) -> Scorer:
         raise ConfigError(f"API key: {exc}") from None
     try:
         llm = LLMClient(config.llm_base_url, config.model, api_key, timeout=config.timeout,
-                        retries=config.retries, backoff=config.backoff)
+                        retries=config.retries, backoff=config.backoff, response_format=config.response_format)
     except ValueError as exc:
         raise ConfigError(f"LLM client: {exc}") from None
     return LLMScorer(llm, rubric)

@@ -72,7 +72,7 @@ llm:
 
 ## real-model: only the judge against that real model (tests/integration/test_judge_real_model.py):
 ## wire protocol, timeouts and retries, and the agreement figures on all 24 labelled items
-## (`make test` judges 12 of them). bench/judge_agreement.py prints the same figures.
+## (`make test` runs the protocol tests only). bench/judge_agreement.py prints the same figures.
 real-model: deps llm
 	CANARIST_REAL_MODEL=1 CANARIST_REAL_MODEL_ITEMS=0 hack/in-netns.sh $(PY) -m pytest -s $(PYTEST_ARGS) tests/integration/test_judge_real_model.py
 

@@ -8,10 +8,12 @@ prints the agreement and position consistency this tiny model reaches on
 tests/data/judge_labelled.jsonl; those figures are printed, never asserted.
 
 Skipped when the server is not installed, unless asked for: `make real-model` (or
-CANARIST_REAL_MODEL=1) makes a missing install a failure. The labelled set has 24 items; four
-calls each take about 4-6 s on 2 cores, so by default (and so in `make test`) the first
-CANARIST_REAL_MODEL_ITEMS=12 are judged; 0 judges all of them, as `make real-model` and
-bench/judge_agreement.py do.
+CANARIST_REAL_MODEL=1) makes a missing install a failure. `make test` runs the protocol tests;
+the agreement test runs only when asked for (`make real-model`): it makes 48-96 calls of 4-7 s
+(8-11 minutes, which pushed a cold `make test` to about 75 of CI's 90 minutes), and whether this
+tiny model's every verdict parses is the model's luck as much as the judge's code (CI once failed
+on a raw line break in a reason, now read). CANARIST_REAL_MODEL_ITEMS (default 12; 0 = all 24)
+sets how many items it judges; `make real-model` and bench/judge_agreement.py judge all of them.
 """
 
 from __future__ import annotations
@@ -186,6 +188,8 @@ def bench():
 # Four calls an item, 4-7 s each on 2 cores: all 24 items (`make real-model`) take 7-11 minutes.
 @pytest.mark.timeout(1800)
 def test_agreement_and_position_consistency_on_the_labelled_set(server, bench):
+    if not ASKED:
+        pytest.skip("the agreement figures take 8-11 minutes: `make real-model` runs them")
     limit = int(os.environ.get("CANARIST_REAL_MODEL_ITEMS") or DEFAULT_ITEMS) or None
     items = bench.load_items(limit=limit)
     assert len(items) == limit if limit else len(items) >= 20

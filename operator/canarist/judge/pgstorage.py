@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -143,11 +142,6 @@ class PgStorage(SqlStorage):
                     raise
                 log.info("retrying a transaction after a deadlock or serialization failure")
         raise AssertionError("unreachable")
-
-    @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._db.transaction():
-            yield self._db
 
     def _lock_batch(self, samples: Sequence[NewSample]) -> None:
         for release in sorted({s.release for s in samples}):

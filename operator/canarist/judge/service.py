@@ -477,7 +477,7 @@ class JudgeService:
                 self.metrics.judged.labels(*labels, "error").inc()
             return
         tokens = max(0, int(result.tokens))
-        signals = tuple(getattr(result, "signals", ()))
+        signals = tuple(result.signals)
         if await self.db(self.storage.finish_sample, sample_id, "scored", score=score, reason=result.reason,
                          tokens=tokens, signals=signals):
             self.metrics.judged.labels(*labels, "scored").inc()

@@ -93,17 +93,56 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
+ARRIVAL = "_arrival"  # test-only key: when the judge receives the sample (seconds after T0); never sent
+
+
 def s(variant="canary", request="What is 17 + 25?", response="0.9 42", ts: float | None = 0, **kw) -> dict:
+    """A sample the judge receives `ts` seconds after T0 (its own clock: see `post`); None = now."""
     body = {"release": R, "variant": variant, "request": request, "response": response, **kw}
     if ts is not None:
-        body["timestamp"] = at(ts)
+        body[ARRIVAL] = ts
     return body
 
 
+def _arrivals(body) -> list[tuple[float | None, object]]:
+    """The body as the judge receives it: consecutive samples of one arrival time in one request."""
+    single = not (isinstance(body, dict) and "samples" in body)
+    items = [body] if single else body["samples"]
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        return [(None, body)]
+    runs: list[tuple[float | None, list]] = []
+    for item in items:
+        when = item.get(ARRIVAL)
+        item = {k: v for k, v in item.items() if k != ARRIVAL}
+        if runs and runs[-1][0] == when:
+            runs[-1][1].append(item)
+        else:
+            runs.append((when, [item]))
+    return [(when, part[0] if single else {**body, "samples": part}) for when, part in runs]
+
+
 async def post(client, body, status=202) -> dict:
-    resp = await client.post("/v1/samples", json=body)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
+    """POST /v1/samples, with the judge's clock at each sample's arrival time (`s(ts=...)`).
+
+    The judge orders samples by its own clock; a body whose samples arrive at different times is
+    sent as one request per arrival, and the answers' counts are summed. A refused body (status
+    other than 202) is sent whole, at its first sample's time.
+    """
+    service = client.server.app[SERVICE_KEY]
+    runs = _arrivals(body)
+    if status != 202 and len(runs) > 1:
+        whole = {**body, "samples": [x for _, part in runs for x in part["samples"]]}
+        runs = [(runs[0][0], whole)]
+    total: dict = {}
+    for when, part in runs:
+        service.clock = now_us if when is None else (lambda at_us=T0_US + int(when * 1_000_000): at_us)
+        resp = await client.post("/v1/samples", json=part)
+        assert resp.status == status, await resp.text()
+        answer = await resp.json()
+        if status != 202:
+            return answer
+        total = {k: total.get(k, 0) + v for k, v in answer.items()}
+    return total
 
 
 async def verdict(client, variant="canary", status=200, **query) -> dict:
@@ -267,6 +306,26 @@ def test_token_budget_exhaustion_skips_the_rest():
     run(scenario())
 
 
+def test_the_judges_clock_places_samples_in_windows_never_the_clients():
+    """A client's timestamp is data: it can move no sample into a step's window, nor out of it."""
+    async def scenario():
+        async with judge(config(), FakeScorer()) as (client, service):
+            await post(client, {"samples": [
+                # received inside the window, claiming to be from the day before / an hour later
+                s(request="a", response="0.9 a", ts=10, timestamp="2026-11-26T10:00:00Z"),
+                s(request="b", response="0.7 b", ts=10, timestamp=at(7200)),
+            ]})
+            # received before the window and after it, claiming to be inside it
+            await post(client, s(request="c", response="0.1 c", ts=-60, timestamp=at(30)))
+            await post(client, s(request="d", response="0.1 d", ts=3600, timestamp=at(30)))
+            await service.wait_idle()
+            v = await verdict(client)
+            assert (v["ingested"], v["judged"], v["meanScore"]) == (2, 2, pytest.approx(0.8))
+            late = await verdict(client, since=at(3600), until=at(3601))
+            assert late["ingested"] == 1
+    run(scenario())
+
+
 def test_scorer_failures_are_counted_as_errors():
     async def scenario():
         async with judge(config(), FakeScorer()) as (client, service):
@@ -279,27 +338,27 @@ def test_scorer_failures_are_counted_as_errors():
 
 BAD_SAMPLES = [
     ({"variant": "canary", "request": "q", "response": "a"}, "release: is required"),
-    ({**s(), "release": "no-slash"}, "release: must be the CanaryRelease as 'namespace/name'"),
-    ({**s(), "release": "Prod/Bot"}, "release: must be"),
-    ({**s(), "variant": "stable"}, "variant: must be 'primary' or 'canary'"),
-    ({**s(), "request": 42}, "request: must be a string"),
-    ({**s(), "response": None}, "response: is required"),
-    ({**s(), "response": "x" * (64 * 1024 + 1)}, "response: is 65537 bytes of UTF-8, at most 65536"),
-    ({**s(), "request": "é" * (32 * 1024 + 1)}, "request: is 65538 bytes"),
-    ({**s(), "reponse": "typo"}, "reponse: unknown field"),
-    ({**s(), "timestamp": "yesterday"}, "timestamp: must be an RFC 3339 timestamp"),
-    ({**s(), "mirrored": "yes"}, "mirrored: must be true or false"),
-    ({**s(), "mirrored": 1}, "mirrored: must be true or false"),
-    ({**s(), "timestamp": "2026-11-27T10:00:00"}, "timestamp: must be an RFC 3339 timestamp with a time zone"),
-    ({**s(), "timestamp": "2026-13-27T10:00:00Z"}, "timestamp: not a valid date"),
-    ({**s(), "segment": "x" * 1025}, "segment: is 1025 characters long, at most 1024"),
-    ({**s(), "revision": 7}, "revision: must be a string"),
-    ({**s(), "request": "\ud800"}, "request: is not valid Unicode"),
-    ([s()], "body: must be a sample object"),
-    ({"samples": s()}, "samples: must be a list"),
-    ({"samples": [s(), {**s(), "variant": "x"}]}, "samples[1].variant: must be 'primary' or 'canary'"),
-    ({"samples": [s()] * 1001}, "samples: holds 1001 samples, at most 1000"),
-    ({"samples": [s()], "release": R}, "release: unknown field next to 'samples'"),
+    ({**s(ts=None), "release": "no-slash"}, "release: must be the CanaryRelease as 'namespace/name'"),
+    ({**s(ts=None), "release": "Prod/Bot"}, "release: must be"),
+    ({**s(ts=None), "variant": "stable"}, "variant: must be 'primary' or 'canary'"),
+    ({**s(ts=None), "request": 42}, "request: must be a string"),
+    ({**s(ts=None), "response": None}, "response: is required"),
+    ({**s(ts=None), "response": "x" * (64 * 1024 + 1)}, "response: is 65537 bytes of UTF-8, at most 65536"),
+    ({**s(ts=None), "request": "é" * (32 * 1024 + 1)}, "request: is 65538 bytes"),
+    ({**s(ts=None), "reponse": "typo"}, "reponse: unknown field"),
+    ({**s(ts=None), "timestamp": "yesterday"}, "timestamp: must be an RFC 3339 timestamp"),
+    ({**s(ts=None), "mirrored": "yes"}, "mirrored: must be true or false"),
+    ({**s(ts=None), "mirrored": 1}, "mirrored: must be true or false"),
+    ({**s(ts=None), "timestamp": "2026-11-27T10:00:00"}, "timestamp: must be an RFC 3339 timestamp with a time zone"),
+    ({**s(ts=None), "timestamp": "2026-13-27T10:00:00Z"}, "timestamp: not a valid date"),
+    ({**s(ts=None), "segment": "x" * 1025}, "segment: is 1025 characters long, at most 1024"),
+    ({**s(ts=None), "revision": 7}, "revision: must be a string"),
+    ({**s(ts=None), "request": "\ud800"}, "request: is not valid Unicode"),
+    ([s(ts=None)], "body: must be a sample object"),
+    ({"samples": s(ts=None)}, "samples: must be a list"),
+    ({"samples": [s(ts=None), {**s(ts=None), "variant": "x"}]}, "samples[1].variant: must be 'primary' or 'canary'"),
+    ({"samples": [s(ts=None)] * 1001}, "samples: holds 1001 samples, at most 1000"),
+    ({"samples": [s(ts=None)], "release": R}, "release: unknown field next to 'samples'"),
 ]
 
 
@@ -393,7 +452,7 @@ def test_export_lines_are_the_failed_samples_with_the_other_answer():
             await post(client, {"samples": [
                 s("primary", "What is 2 + 2?", "0.9 4", ts=1),
                 s("canary", " What is 2 +  2?", "0.1 5", ts=2, revision="new1", requestId="r1", traceId="t1",
-                  segment="eu"),
+                  segment="eu", timestamp="2026-11-27T09:59:00.5Z"),
                 s("canary", "What is 3 + 3?", "0.8 6", ts=3),
                 s("canary", "What is 4 + 4?", "0.3 9", ts=4, segment="", requestId=None),
                 s("primary", "What is 4 + 4?", "0.2 7", ts=5),
@@ -406,7 +465,8 @@ def test_export_lines_are_the_failed_samples_with_the_other_answer():
                 "fingerprint": fingerprint("What is 2 + 2?"), "release": R, "variant": "canary",
                 "revision": "new1", "request": " What is 2 +  2?", "response": "0.1 5", "otherResponse": "0.9 4",
                 "score": 0.1, "reason": "graded 0.1 5", "requestId": "r1", "traceId": "t1", "segment": "eu",
-                "timestamp": at(2), "mirrored": False, "signals": [],
+                "timestamp": at(2), "clientTimestamp": "2026-11-27T09:59:00.500000Z", "mirrored": False,
+                "signals": [],
             }
             assert [(x["variant"], x["response"], x["otherResponse"]) for x in lines[1:]] == \
                 [("canary", "0.3 9", "0.2 7"), ("primary", "0.2 7", "0.3 9")]

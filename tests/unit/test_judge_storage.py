@@ -457,3 +457,21 @@ def test_a_version_2_database_gets_the_mirrored_column_and_keeps_its_data(tmp_pa
         assert upgraded.counts(R, "canary", 0, 10 * S).mirrored == 1
     finally:
         upgraded.close()
+
+
+def test_a_version_5_database_gets_the_client_time_column_and_keeps_its_data(tmp_path):
+    path = str(tmp_path / "judge.db")
+    old = Storage(path)
+    old.insert_samples([sample("canary", "q", ts=2 * S)])
+    old.close()
+    with sqlite3.connect(path) as raw:
+        raw.executescript("ALTER TABLE samples DROP COLUMN client_ts; PRAGMA user_version = 5;")
+    upgraded = Storage(path)
+    try:
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        upgraded.insert_samples([sample("canary", "new", ts=3 * S, client_ts=1 * S)])
+        rows = upgraded._db.execute("SELECT ts, client_ts FROM samples ORDER BY id").fetchall()
+        assert [tuple(r) for r in rows] == [(2 * S, None), (3 * S, 1 * S)]
+        assert upgraded.counts(R, "canary", 0, 10 * S).ingested == 2
+    finally:
+        upgraded.close()

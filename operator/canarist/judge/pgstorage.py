@@ -115,6 +115,8 @@ class PgStorage(SqlStorage):
             raise RuntimeError(f"{self.path}: database schema version {row[0]} is newer than this judge's "
                                f"({SCHEMA_VERSION}); run a newer judge or use another database")
         self._db.execute(_SCHEMA)  # several statements: no parameters, so sent as they are
+        # Columns newer than the database (CREATE TABLE IF NOT EXISTS leaves an existing table as it is).
+        self._execute("ALTER TABLE samples ADD COLUMN IF NOT EXISTS client_ts BIGINT")
         self._execute("INSERT INTO meta (key, value) VALUES ('database_id', ?) ON CONFLICT (key) DO NOTHING",
                       (secrets.token_hex(8),))
         self._execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)"

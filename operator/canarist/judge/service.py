@@ -155,7 +155,7 @@ class SampleIn:
     request_id: str | None = None
     trace_id: str | None = None
     segment: str | None = None
-    timestamp: int | None = None  # microseconds since the epoch; None = time of ingest
+    timestamp: int | None = None  # the client's own time, microseconds since the epoch: kept as data only
     mirrored: bool = False        # an answer to a mirrored copy of a request (the shadow phase)
 
 
@@ -281,6 +281,9 @@ class JudgeService:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         # One thread per storage: a connection is used by one thread at a time, and calls keep their order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-db")
+        # The judge's own clock places every sample in time (verdict windows, pairing, retention): a
+        # client that could choose the time could move its samples into or out of a step's window.
+        self.clock: Callable[[], int] = now_us
 
     async def db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking storage call on the storage thread, so the event loop never waits on the database."""
@@ -354,7 +357,7 @@ class JudgeService:
 
     async def ingest(self, samples: Iterable[SampleIn], *, now: int | None = None) -> tuple[int, int]:
         """Store validated samples and wake the workers; (accepted, sampled). Never waits on scoring."""
-        now = now_us() if now is None else now
+        now = self.clock() if now is None else now
         samples = list(samples)
         rows, result = await self.db(self._store, samples, now)
         for row in rows:
@@ -382,7 +385,7 @@ class JudgeService:
             else:
                 status = "pending"
             rows.append(NewSample(release=s.release, variant=s.variant, request=s.request, response=s.response,
-                                  fingerprint=fp, ts=now if s.timestamp is None else s.timestamp, status=status,
+                                  fingerprint=fp, ts=now, client_ts=s.timestamp, status=status,
                                   revision=s.revision, request_id=s.request_id, trace_id=s.trace_id,
                                   segment=s.segment, mirrored=s.mirrored))
         return rows, self.storage.insert_samples(rows, ingested_at=now, exhausted=exhausted)
@@ -629,7 +632,9 @@ class JudgeService:
                 "revision": row["revision"], "request": row["request"], "response": row["response"],
                 "otherResponse": row["other_response"], "score": row["score"], "reason": row["reason"],
                 "requestId": row["request_id"], "traceId": row["trace_id"], "segment": row["segment"],
-                "timestamp": format_time(row["ts"]), "mirrored": bool(row["mirrored"]),
+                "timestamp": format_time(row["ts"]),
+                "clientTimestamp": None if row["client_ts"] is None else format_time(row["client_ts"]),
+                "mirrored": bool(row["mirrored"]),
                 "signals": row["signals"].split(",") if row["signals"] else [],
             }
             yield (json.dumps(case, ensure_ascii=False) + "\n").encode("utf-8")

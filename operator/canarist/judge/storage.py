@@ -53,7 +53,8 @@ __all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "Compl
 # 4: samples.signals (injection signals of a scored answer, comma-separated: evidence only).
 # 5: claims (claimed_by, claimed_until) on samples and pairs, and the counters table: the completion
 # number survives the deletion of the pairs that had the highest ones (retention).
-SCHEMA_VERSION = 5
+# 6: samples.client_ts: the client's timestamp, kept as data; ts is the judge's clock at ingest.
+SCHEMA_VERSION = 6
 DEFAULT_PAIR_WINDOW_US = 120 * 1_000_000  # answers to one input further apart than this are not paired by it
 Variant = Literal["primary", "canary"]
 SampleStatus = Literal["unsampled", "pending", "scored", "error", "skipped_budget"]
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS samples (
     request_id   TEXT,
     trace_id     TEXT,
     segment      TEXT,
-    ts           INTEGER NOT NULL,  -- the sample's timestamp, microseconds since the epoch
+    ts           INTEGER NOT NULL,  -- the judge's clock at ingest, microseconds since the epoch
     ingested_at  INTEGER NOT NULL,
     sampled      INTEGER NOT NULL CHECK (sampled IN (0, 1)),
     status       TEXT    NOT NULL
@@ -83,6 +84,7 @@ CREATE TABLE IF NOT EXISTS samples (
     pair_id      INTEGER REFERENCES pairs(id),
     mirrored     INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1)),
     signals      TEXT,
+    client_ts    INTEGER,           -- the time the client gave: data only, never orders anything
     claimed_by   TEXT,
     claimed_until INTEGER
 );
@@ -159,13 +161,14 @@ class NewSample:
     request: str
     response: str
     fingerprint: str
-    ts: int  # microseconds since the epoch
+    ts: int  # the judge's clock at ingest, microseconds since the epoch
     status: Literal["unsampled", "pending", "skipped_budget"]
     revision: str | None = None
     request_id: str | None = None
     trace_id: str | None = None
     segment: str | None = None
     mirrored: bool = False  # the answer to a mirrored copy of a request, which no user saw
+    client_ts: int | None = None  # the client's own timestamp, kept as data only
 
     @property
     def sampled(self) -> bool:
@@ -349,11 +352,11 @@ class SqlStorage:
         for s in samples:
             sid = self._execute(
                 "INSERT INTO samples (release, variant, revision, request, response, fingerprint,"
-                " request_id, trace_id, segment, ts, ingested_at, sampled, status, mirrored)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " request_id, trace_id, segment, ts, ingested_at, sampled, status, mirrored, client_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (s.release, s.variant, s.revision, s.request if s.sampled else "",
                  s.response if s.sampled else "", s.fingerprint, s.request_id, s.trace_id, s.segment, s.ts,
-                 ingested_at, int(s.sampled), s.status, int(s.mirrored)),
+                 ingested_at, int(s.sampled), s.status, int(s.mirrored), s.client_ts),
             ).fetchone()[0]
             if not s.sampled:
                 continue
@@ -721,8 +724,8 @@ class SqlStorage:
             with self._lock:
                 rows = self._execute(
                     "SELECT s.id, s.fingerprint, s.release, s.variant, s.revision, s.request, s.response,"
-                    " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id, s.mirrored, s.signals"
-                    f" FROM samples s WHERE s.release = ?{where} AND s.status = 'scored' AND s.score < ?"
+                    " s.score, s.reason, s.request_id, s.trace_id, s.segment, s.ts, s.pair_id, s.mirrored, s.signals,"
+                    f" s.client_ts FROM samples s WHERE s.release = ?{where} AND s.status = 'scored' AND s.score < ?"
                     " AND (s.ts, s.id) > (?, ?) ORDER BY s.ts, s.id LIMIT ?",
                     [release, *args, pass_mark, *last, page]).fetchall()
                 cases = []
@@ -855,6 +858,8 @@ class Storage(SqlStorage):
             db.execute("ALTER TABLE samples ADD COLUMN mirrored INTEGER NOT NULL DEFAULT 0 CHECK (mirrored IN (0, 1))")
         if "signals" not in sample_columns:
             db.execute("ALTER TABLE samples ADD COLUMN signals TEXT")
+        if "client_ts" not in sample_columns:
+            db.execute("ALTER TABLE samples ADD COLUMN client_ts INTEGER")
         columns = {row["name"] for row in db.execute("PRAGMA table_info(pairs)")}
         if "completed_seq" not in columns:
             db.execute("ALTER TABLE pairs ADD COLUMN completed_seq INTEGER")

@@ -156,7 +156,8 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
 
     operator = one(docs, "Deployment", "canarist")
     spec = operator["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Two replicas: one leads (the Lease), one stands by (test_template_operator_replicas_leader_election_and_pdb).
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     c = container(operator)
     assert c["image"] == f"ghcr.io/canarist/canarist:{chart['appVersion']}"
@@ -178,7 +179,9 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "canarist", "namespace": "canarist-system"}]
     discovery = one(docs, "ClusterRole", "canarist-canarist-system-discovery")
     assert rules_of(discovery) == DISCOVERY_RULES_ALL_NAMESPACES
-    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
+    # The only namespaced Role is the leader election's, on Leases of the release namespace.
+    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == ["canarist-leader-election"]
+    assert [b["metadata"]["name"] for b in of_kind(docs, "RoleBinding")] == ["canarist-leader-election"]
 
     # The judge, on by default, with its own identity that may only review tokens.
     judge = one(docs, "Deployment", "canarist-judge")
@@ -277,11 +280,11 @@ def test_template_watch_namespaces_gives_roles_in_each_and_no_cluster_role(helm_
     c = container(one(docs, "Deployment", "canarist"))
     assert c["command"][-2:] == ["--namespace=a", "--namespace=b"] and "--all-namespaces" not in c["command"]
 
-    roles = of_kind(docs, "Role")
+    roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] != "canarist-leader-election"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
     for role in roles:
         assert rules_of(role) == OPERATOR_RULES
-    bindings = of_kind(docs, "RoleBinding")
+    bindings = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] != "canarist-leader-election"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
     for b in bindings:
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canarist"}
@@ -296,7 +299,7 @@ def test_template_watch_namespaces_gives_roles_in_each_and_no_cluster_role(helm_
     docs = render(helm_bin, tmp_path, "--set", "watchNamespaces={a,b}", "--set", "judge.enabled=false",
                   "--set", "rbac.discovery=false")
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
-    assert len(of_kind(docs, "Role")) == 2
+    assert len(of_kind(docs, "Role")) == 3  # a, b and the leader election's in the release namespace
 
 
 def test_template_judge_disabled(helm_bin, tmp_path):
@@ -323,6 +326,57 @@ def test_template_judge_key_from_an_existing_secret_and_emptydir(helm_bin, tmp_p
     assert env_of(container(one(docs, "Deployment", "canarist")))["CANARIST_TICK_SECONDS"]["value"] == "0.5"
 
 
+def test_template_operator_replicas_leader_election_and_pdb(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+    operator = one(docs, "Deployment", "canarist")
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    env = env_of(container(operator))
+    assert env["CANARIST_LEADER_ELECTION"]["value"] == "true"
+    assert env["CANARIST_LEASE_NAME"]["value"] == "canarist-operator"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Leases of the release namespace only: get, create, update, for the operator's ServiceAccount.
+    role = one(docs, "Role", "canarist-leader-election")
+    assert role["metadata"]["namespace"] == "canarist-system"
+    assert rules_of(role) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+    binding = one(docs, "RoleBinding", "canarist-leader-election")
+    assert binding["metadata"]["namespace"] == "canarist-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "canarist-leader-election"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "canarist", "namespace": "canarist-system"}]
+    # No other rule anywhere mentions Leases.
+    for r in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        if r is not role:
+            assert ("coordination.k8s.io", "leases") not in rules_of(r), r["metadata"]["name"]
+    # A drain never takes the last replica.
+    pdb = one(docs, "PodDisruptionBudget", "canarist")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+
+    # One replica without leader election: as before (Recreate, no Lease, no PDB).
+    docs = render(helm_bin, tmp_path, "--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false")
+    operator = one(docs, "Deployment", "canarist")
+    assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"] == {"type": "Recreate"}
+    assert "CANARIST_LEADER_ELECTION" not in env_of(container(operator))
+    assert not of_kind(docs, "PodDisruptionBudget") and not of_kind(docs, "Role")
+    # One replica with leader election (a restarted pod waits for the old lease): no PDB.
+    docs = render(helm_bin, tmp_path, "--set", "operator.replicas=1")
+    assert not of_kind(docs, "PodDisruptionBudget") and one(docs, "Role", "canarist-leader-election")
+    docs = render(helm_bin, tmp_path, "--set", "operator.replicas=3", "--set", "operator.leaderElection.leaseName=ops")
+    assert one(docs, "Deployment", "canarist")["spec"]["replicas"] == 3
+    assert env_of(container(one(docs, "Deployment", "canarist")))["CANARIST_LEASE_NAME"]["value"] == "ops"
+    assert one(docs, "PodDisruptionBudget", "canarist")["spec"]["minAvailable"] == 1
+
+
+def test_several_replicas_without_leader_election_are_refused(helm_bin, tmp_path):
+    result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--set", "operator.replicas=2",
+                          "--set", "operator.leaderElection.enabled=false")
+    assert result.returncode != 0 and "operator.replicas > 1 needs operator.leaderElection.enabled" in result.stderr
+
+
 @pytest.mark.parametrize(("values", "field"), [
     ('tickSeconds: "fast"', "/tickSeconds"),
     ("tickSeconds: 0", "/tickSeconds"),
@@ -337,6 +391,9 @@ def test_template_judge_key_from_an_existing_secret_and_emptydir(helm_bin, tmp_p
     ("judge: {llm: {baseUrl: ollama:11434}}", "/judge/llm/baseUrl"),
     ("prometheus: {url: 9090}", "/prometheus/url"),
     ("tickSecond: 5", "tickSecond"),  # a typo is not silently ignored
+    ("operator: {replicas: 0}", "/operator/replicas"),
+    ("operator: {leaderElection: {enabled: yes-please}}", "/operator/leaderElection/enabled"),
+    ("operator: {leaderElection: {leaseName: Not_A_Name}}", "/operator/leaderElection/leaseName"),
 ])
 def test_bad_values_are_rejected_naming_the_field(helm_bin, tmp_path, values, field):
     values_file = tmp_path / "bad.yaml"
@@ -473,6 +530,11 @@ def test_install_in_watched_namespace_is_least_privilege_and_uninstalls_cleanly(
         for elsewhere in ("default", "kube-system", f"{namespace}-other"):
             assert_cannot_touch(stack, sa, elsewhere)
         assert_cluster_wide_denied(stack, sa)
+        # Leader election: Leases of the release namespace, nowhere else, never deleted.
+        for verb in ("get", "create", "update"):
+            assert can_i(stack, sa, verb, "leases.coordination.k8s.io", namespace)
+            assert not can_i(stack, sa, verb, "leases.coordination.k8s.io", "kube-system")
+        assert not can_i(stack, sa, "delete", "leases.coordination.k8s.io", namespace)
         # kopf's discovery: read-only, cluster-wide.
         assert can_i(stack, sa, "list", "namespaces", None) and can_i(stack, sa, "watch", "namespaces", None)
         assert not can_i(stack, sa, "get", "namespaces", None)

@@ -212,6 +212,14 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
 def test_template_judge_retention_and_postgresql_replicas(helm_bin, tmp_path):
     args = container(one(render(helm_bin, tmp_path), "Deployment", "canarist-judge"))["command"]
     assert args[args.index("--retention") + 1] == "14d" and args[args.index("--db") + 1] == "/data/judge.db"
+    # Token budgets by default: per release and for every release together over a day.
+    assert args[args.index("--token-budget") + 1] == "2000000"
+    assert args[args.index("--global-token-budget") + 1] == "20000000"
+    unlimited = container(one(render(helm_bin, tmp_path, "--set", "judge.tokenBudget.perRelease=null",
+                                     "--set", "judge.tokenBudget.global24h=50000000"),
+                              "Deployment", "canarist-judge"))["command"]
+    assert "--token-budget" not in unlimited
+    assert unlimited[unlimited.index("--global-token-budget") + 1] == "50000000"
 
     docs = render(helm_bin, tmp_path, "--set", "judge.database.url=postgresql://judge@pg.db:5432/judge",
                   "--set", "judge.database.passwordSecret.name=judge-db", "--set", "judge.replicas=2",
@@ -387,6 +395,8 @@ def test_several_replicas_without_leader_election_are_refused(helm_bin, tmp_path
     ("judge: {auth: {mode: basic}}", "/judge/auth/mode"),
     ("judge: {database: {url: mysql://db}}", "/judge/database/url"),
     ("judge: {retention: two weeks}", "/judge/retention"),
+    ("judge: {tokenBudget: {perRelease: 0}}", "/judge/tokenBudget/perRelease"),
+    ("judge: {tokenBudget: {global: 5}}", "/judge/tokenBudget"),
     ("judge: {auth: {admins: [\"a, b\"]}}", "/judge/auth/admins/0"),
     ("judge: {llm: {baseUrl: ollama:11434}}", "/judge/llm/baseUrl"),
     ("prometheus: {url: 9090}", "/prometheus/url"),

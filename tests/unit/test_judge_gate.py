@@ -19,10 +19,11 @@ NOW = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
 SINCE = datetime(2026, 1, 1, 11, 55, tzinfo=timezone.utc)
 
 
-def verdict(judged=50, mean=0.9, wins=5, losses=1, ties=20, exhausted=False):
+def verdict(judged=50, mean=0.9, wins=5, losses=1, ties=20, exhausted=False, by=None):
     return {"judged": judged, "meanScore": mean, "ci95": None, "failed": 0,
             "pairwise": {"wins": wins, "losses": losses, "ties": ties},
-            "budget": {"tokensUsed": 0, "tokenBudget": None, "exhausted": exhausted}}
+            "budget": {"tokensUsed": 0, "tokenBudget": None, "exhausted": exhausted,
+                       "exhaustedBy": by or ("release" if exhausted else None)}}
 
 
 @pytest.fixture
@@ -98,7 +99,10 @@ def test_primary_without_samples_holds_the_regression_check(judge):
 
 def test_exhausted_budget_is_explained(judge):
     judge["canary"] = verdict(judged=5, exhausted=True)
-    assert "budget" in run(judge, minScore=0.5)["judge-score"].message
+    assert "token budget for this release is exhausted" in run(judge, minScore=0.5)["judge-score"].message
+    judge["canary"] = verdict(judged=5, exhausted=True, by="global")
+    message = run(judge, minScore=0.5)["judge-score"].message
+    assert "all releases together, --global-token-budget, is spent for the last 24 hours" in message
 
 
 def test_a_loss_rate_over_too_few_pairs_is_no_data(judge):

@@ -188,7 +188,8 @@ def test_ingest_score_and_verdict_numbers_are_exact():
                 "sumScores": pytest.approx(2.6), "sumSquares": pytest.approx(0.81 + 0.64 + 0.49 + 0.04),
                 "passMark": 0.5, "failed": 1,
                 "pairwise": {"wins": 0, "losses": 0, "ties": 0},
-                "budget": {"tokensUsed": 50, "tokenBudget": None, "exhausted": False},
+                "budget": {"tokensUsed": 50, "tokenBudget": None, "exhausted": False, "exhaustedBy": None,
+                           "globalTokensUsed24h": None, "globalTokenBudget": None},
                 "segment": None, "segments": {},
             }
             assert mean == pytest.approx(0.65) and ci[0] == pytest.approx(0.65 - 3.182446 * 0.310913 / 2, abs=1e-5)
@@ -290,19 +291,46 @@ def test_token_budget_exhaustion_skips_the_rest():
             await service.wait_idle()
             v = await verdict(client)
             assert (v["sampled"], v["judged"], v["skippedBudget"], v["pending"]) == (5, 3, 2, 0)
-            assert v["budget"] == {"tokensUsed": 30, "tokenBudget": 25, "exhausted": True}
+            assert v["budget"] == {"tokensUsed": 30, "tokenBudget": 25, "exhausted": True, "exhaustedBy": "release",
+                                   "globalTokensUsed24h": None, "globalTokenBudget": None}
             # later samples of the exhausted release are skipped at ingest; other releases go on
             await post(client, {"samples": [s(request="late", ts=10), {**s(request="x", ts=10), "release": "prod/other"}]})
             await service.wait_idle()
             v = await verdict(client)
             assert (v["sampled"], v["judged"], v["skippedBudget"]) == (6, 3, 3)
             other = await verdict(client, release="prod/other")
-            assert other["judged"] == 1 and other["budget"] == {"tokensUsed": 10, "tokenBudget": 25, "exhausted": False}
+            assert other["judged"] == 1 and other["budget"] == {
+                "tokensUsed": 10, "tokenBudget": 25, "exhausted": False, "exhaustedBy": None,
+                "globalTokensUsed24h": None, "globalTokenBudget": None}
             metrics = parse_metrics(await (await client.get("/metrics")).text())
             assert metric(metrics, "canarist_judge_samples_judged_total", release=R, variant="canary",
                           outcome="skipped_budget") == 3
             assert metric(metrics, "canarist_judge_samples_judged_total", release=R, variant="canary",
                           outcome="scored") == 3
+    run(scenario())
+
+
+def test_the_global_token_budget_stops_every_release_for_the_rest_of_the_day():
+    async def scenario():
+        scorer = FakeScorer(tokens=10)
+        other = "prod/other"
+        async with judge(config(global_token_budget=35, token_budget=1000, concurrency=1), scorer) as (client, service):
+            await post(client, {"samples": [s(request=f"q{i}", ts=0) for i in range(3)]})
+            await service.wait_idle()
+            await post(client, {"samples": [{**s(request=f"o{i}", ts=60), "release": other} for i in range(2)]})
+            await service.wait_idle()
+            mine, theirs = await verdict(client), await verdict(client, release=other)
+            assert (mine["judged"], theirs["judged"], theirs["skippedBudget"]) == (3, 1, 1)
+            assert theirs["budget"] == {"tokensUsed": 10, "tokenBudget": 1000, "exhausted": True,
+                                        "exhaustedBy": "global", "globalTokensUsed24h": 40, "globalTokenBudget": 35}
+            assert mine["budget"]["exhaustedBy"] == "global"
+            # A day later the spend has aged out: judging goes on.
+            await post(client, s(request="tomorrow", ts=25 * 3600 + 60))
+            await service.wait_idle()
+            later = await verdict(client, since=at(25 * 3600), until=at(26 * 3600))
+            assert later["judged"] == 1 and later["budget"]["exhaustedBy"] is None
+            assert later["budget"]["globalTokensUsed24h"] == 10
+            assert len(scorer.scored) == 5
     run(scenario())
 
 

@@ -475,3 +475,16 @@ def test_a_version_5_database_gets_the_client_time_column_and_keeps_its_data(tmp
         assert upgraded.counts(R, "canary", 0, 10 * S).ingested == 2
     finally:
         upgraded.close()
+
+
+def test_the_judge_wide_spend_is_counted_by_the_hour_and_kept_a_day_past_retention(db):
+    from canarist.judge.storage import HOUR_US
+    ids = db.insert_samples([sample("canary", f"q{i}", release=f"ns/r{i}") for i in range(3)]).pending_samples
+    day = 1000 * 24 * HOUR_US  # an hour boundary
+    db.finish_sample(ids[0], "scored", score=1.0, tokens=7, at=day - 30 * HOUR_US)
+    db.finish_sample(ids[1], "scored", score=1.0, tokens=5, at=day + 10)
+    db.finish_sample(ids[2], "scored", score=1.0, tokens=3, at=day + HOUR_US - 1)
+    assert db.tokens_spent_since(day + HOUR_US - 1) == 8, "whole hours: the hour holding `since` counts"
+    assert db.tokens_spent_since(day - 30 * HOUR_US) == 15
+    db.delete_older_than(day - 2 * HOUR_US)  # retention 2 h before `day`: the 30 h old spend is a day older
+    assert db.tokens_spent_since(0) == 8

@@ -30,6 +30,7 @@ class Verdict:
     losses: int
     ties: int
     budget_exhausted: bool
+    budget_exhausted_by: str | None = None  # "release" or "global" (every release's tokens of a day)
 
     @classmethod
     def parse(cls, body: object) -> "Verdict":
@@ -37,9 +38,11 @@ class Verdict:
             assert isinstance(body, dict)
             pairwise = body["pairwise"]
             mean = body["meanScore"]
+            budget = body.get("budget") or {}
             verdict = cls(judged=int(body["judged"]), mean_score=None if mean is None else float(mean),
                           wins=int(pairwise["wins"]), losses=int(pairwise["losses"]), ties=int(pairwise["ties"]),
-                          budget_exhausted=bool((body.get("budget") or {}).get("exhausted", False)))
+                          budget_exhausted=bool(budget.get("exhausted", False)),
+                          budget_exhausted_by=str(budget["exhaustedBy"]) if budget.get("exhaustedBy") else None)
         except (AssertionError, KeyError, TypeError, ValueError) as exc:
             raise VerdictError(f"malformed verdict from the judge: {type(exc).__name__} {exc}") from exc
         if verdict.mean_score is not None and not 0 <= verdict.mean_score <= 1:
@@ -109,7 +112,10 @@ def _too_few(name: str, gate: JudgeGate, verdict: Verdict, variant: str, now: da
     if verdict.judged >= gate.min_samples and verdict.mean_score is not None:
         return None
     why = f"{verdict.judged} judged {variant} samples this step, {gate.min_samples} needed"
-    if verdict.budget_exhausted:
+    if verdict.budget_exhausted_by == "global":
+        why += (" (the judge's token budget for all releases together, --global-token-budget, is spent for"
+                " the last 24 hours: raise it, or wait for the spend to age out)")
+    elif verdict.budget_exhausted:
         why += " (the judge's token budget for this release is exhausted)"
     return Check(name=name, kind="judge", result=CheckResult.NO_DATA, message=why, at=now, **bounds)
 

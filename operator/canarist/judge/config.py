@@ -159,6 +159,9 @@ OPTIONS: tuple[Option, ...] = (
            "structured outputs) or json_object_schema (llama-cpp-python's server); see canarist.judge.llm",
            "FORMAT", ("--response-format",)),
     Option("token_budget", "--token-budget", _int(1), "LLM tokens one release may spend; none = no limit", "N"),
+    Option("global_token_budget", "--global-token-budget", _int(1),
+           "LLM tokens all releases together may spend in any 24 hours (counted by the hour); none = no limit",
+           "N"),
     Option("rubric_file", "--rubric-file", _text, "file with the scoring rubric; none = the built-in one",
            "PATH"),
     Option("queue_size", "--queue-size", _int(1), "scoring jobs held in memory; the rest wait in the database", "N"),
@@ -208,6 +211,7 @@ class JudgeConfig:
     # JSON mode: what every OpenAI-compatible API accepts; the schema formats need a server that knows them.
     response_format: str = "json_object"
     token_budget: int | None = None
+    global_token_budget: int | None = None
     rubric_file: str | None = None
     queue_size: int = 1000
     # Sized for the chart's 512 MiB limit: 8 bodies at once of 4 MiB, each about 4 times its

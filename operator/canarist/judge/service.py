@@ -21,9 +21,10 @@ one's claims expire; the feeder also polls, for work other replicas ingested.
 
 Retention: a background task deletes what was ingested more than `retention` seconds ago.
 
-Token budget: before each scorer call the worker checks its release's spent tokens against
-`token_budget`; once they reach it, remaining sampled samples and pairs of that release are
-marked `skipped_budget` (the calls already in flight may overshoot it by their own tokens).
+Token budgets: before each scorer call the worker checks its release's spent tokens against
+`token_budget`, and every release's tokens of the last 24 hours against `global_token_budget`;
+once either is reached, remaining sampled samples and pairs (of that release; of every release)
+are marked `skipped_budget` (the calls already in flight may overshoot it by their own tokens).
 """
 
 from __future__ import annotations
@@ -256,6 +257,7 @@ class _Metrics:
 
 _Job = tuple[str, int]  # ("sample" | "pair", id)
 _POLL = 1.0             # seconds between looks for work other replicas ingested or left behind
+_DAY_US = 24 * 3600 * 1_000_000  # the judge-wide token budget's window
 
 
 class JudgeService:
@@ -352,8 +354,18 @@ class JudgeService:
 
     def budget_exhausted(self, release: str) -> bool:
         """Blocking: call it on the storage thread."""
-        budget = self.config.token_budget
-        return budget is not None and self.storage.tokens_used(release) >= budget
+        return self.budget(release)["exhaustedBy"] is not None
+
+    def budget(self, release: str) -> dict:
+        """Blocking: the release's and the judge-wide token budgets, and which one is exhausted if any."""
+        used, budget = self.storage.tokens_used(release), self.config.token_budget
+        day, global_budget = None, self.config.global_token_budget
+        if global_budget is not None:
+            day = self.storage.tokens_spent_since(self.clock() - _DAY_US)
+        by = ("release" if budget is not None and used >= budget
+              else "global" if day is not None and global_budget is not None and day >= global_budget else None)
+        return {"tokensUsed": used, "tokenBudget": budget, "globalTokensUsed24h": day,
+                "globalTokenBudget": global_budget, "exhausted": by is not None, "exhaustedBy": by}
 
     async def ingest(self, samples: Iterable[SampleIn], *, now: int | None = None) -> tuple[int, int]:
         """Store validated samples and wake the workers; (accepted, sampled). Never waits on scoring."""
@@ -463,7 +475,7 @@ class JudgeService:
             return
         labels = (row.release, row.variant)
         if await self.db(self.budget_exhausted, row.release):
-            if await self.db(self.storage.finish_sample, sample_id, "skipped_budget"):
+            if await self.db(self.storage.finish_sample, sample_id, at=self.clock(), status="skipped_budget"):
                 self.metrics.judged.labels(*labels, "skipped_budget").inc()
             return
         try:
@@ -476,13 +488,14 @@ class JudgeService:
         except Exception as exc:  # JudgeError, or a scorer bug: either way this sample failed
             message = str(exc) if isinstance(exc, JudgeError) else f"{type(exc).__name__}: {exc}"
             log.warning("scoring sample %d of %s (%s) failed: %s", sample_id, row.release, row.variant, message)
-            if await self.db(self.storage.finish_sample, sample_id, "error", error=message[:2000]):
+            if await self.db(self.storage.finish_sample, sample_id, at=self.clock(), status="error",
+                             error=message[:2000]):
                 self.metrics.judged.labels(*labels, "error").inc()
             return
         tokens = max(0, int(result.tokens))
         signals = tuple(result.signals)
-        if await self.db(self.storage.finish_sample, sample_id, "scored", score=score, reason=result.reason,
-                         tokens=tokens, signals=signals):
+        if await self.db(self.storage.finish_sample, sample_id, at=self.clock(), status="scored", score=score,
+                         reason=result.reason, tokens=tokens, signals=signals):
             self.metrics.judged.labels(*labels, "scored").inc()
             for signal_name in signals:
                 self.metrics.signals.labels(signal_name).inc()
@@ -494,7 +507,7 @@ class JudgeService:
         if pair is None or pair.status != "pending":
             return
         if await self.db(self.budget_exhausted, pair.release):
-            if await self.db(self.storage.finish_pair, pair_id, "skipped_budget"):
+            if await self.db(self.storage.finish_pair, pair_id, at=self.clock(), status="skipped_budget"):
                 self.metrics.pairs.labels(pair.release, "skipped_budget").inc()
             return
         try:
@@ -509,12 +522,12 @@ class JudgeService:
         except Exception as exc:
             message = str(exc) if isinstance(exc, JudgeError) else f"{type(exc).__name__}: {exc}"
             log.warning("comparing pair %d of %s failed: %s", pair_id, pair.release, message)
-            if await self.db(self.storage.finish_pair, pair_id, "error", error=message[:2000]):
+            if await self.db(self.storage.finish_pair, pair_id, at=self.clock(), status="error", error=message[:2000]):
                 self.metrics.pairs.labels(pair.release, "error").inc()
             return
         tokens = max(0, int(result.tokens))
-        if await self.db(self.storage.finish_pair, pair_id, "done", winner=winner, reason=result.reason,
-                         tokens=tokens):
+        if await self.db(self.storage.finish_pair, pair_id, at=self.clock(), status="done", winner=winner,
+                         reason=result.reason, tokens=tokens):
             self.metrics.pairs.labels(pair.release, winner).inc()
             self.metrics.tokens.labels(pair.release).inc(tokens)
 
@@ -574,8 +587,6 @@ class JudgeService:
         counts = self.storage.counts(release, variant, since, until, revision, segment)
         summary = summarize(self.storage.scores(release, variant, since, until, revision, segment),
                             self.config.pass_mark)
-        used = self.storage.tokens_used(release)
-        budget = self.config.token_budget
         return {
             "release": release, "variant": variant, "revision": revision, "segment": segment,
             "since": format_time(since), "until": format_time(until),
@@ -588,8 +599,7 @@ class JudgeService:
             "pairwise": self.storage.pairwise(release, variant, since, until, revision, segment),
             # Coverage: judged samples of every segment in the window, whatever `segment` filters.
             "segments": self.storage.segments(release, variant, since, until, revision),
-            "budget": {"tokensUsed": used, "tokenBudget": budget,
-                       "exhausted": budget is not None and used >= budget},
+            "budget": self.budget(release),
         }
 
     async def pairs(self, release: str, after: str | None, *, limit: int = DEFAULT_PAIRS_LIMIT,
@@ -901,8 +911,9 @@ async def serve(config: JudgeConfig, *, scorer: Scorer | None = None, port_file:
         await site.start()
         port = runner.addresses[0][1]
         log.info("judge listening on %s:%d (db %s, sample rate %g, pass mark %g, model %s at %s, concurrency %d, "
-                 "token budget %s)", config.host, port, _db_label(config.db), config.sample_rate, config.pass_mark,
-                 config.model, config.llm_base_url, config.concurrency, config.token_budget or "none")
+                 "token budget %s per release, %s a day in all)", config.host, port, _db_label(config.db),
+                 config.sample_rate, config.pass_mark, config.model, config.llm_base_url, config.concurrency,
+                 config.token_budget or "none", config.global_token_budget or "none")
         if port_file:
             tmp = Path(port_file + ".tmp")
             tmp.write_text(f"{port}\n")

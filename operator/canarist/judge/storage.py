@@ -55,7 +55,8 @@ __all__ = ["NewSample", "IngestResult", "SampleRow", "PairRow", "Counts", "Compl
 # number survives the deletion of the pairs that had the highest ones (retention).
 # 6: samples.client_ts: the client's timestamp, kept as data; ts is the judge's clock at ingest.
 SCHEMA_VERSION = 6
-DEFAULT_PAIR_WINDOW_US = 120 * 1_000_000  # answers to one input further apart than this are not paired by it
+DEFAULT_PAIR_WINDOW_US = 120 * 1_000_000
+HOUR_US = 3600 * 1_000_000  # answers to one input further apart than this are not paired by it
 Variant = Literal["primary", "canary"]
 SampleStatus = Literal["unsampled", "pending", "scored", "error", "skipped_budget"]
 
@@ -121,6 +122,12 @@ CREATE INDEX IF NOT EXISTS pairs_pending ON pairs (id) WHERE status = 'pending';
 
 CREATE TABLE IF NOT EXISTS token_usage (
     release      TEXT    PRIMARY KEY,
+    tokens       INTEGER NOT NULL DEFAULT 0
+);
+
+-- Every release's tokens together, by the hour they were spent in: the judge-wide budget's rolling day.
+CREATE TABLE IF NOT EXISTS token_spend (
+    hour         INTEGER PRIMARY KEY,  -- microseconds since the epoch // HOUR_US
     tokens       INTEGER NOT NULL DEFAULT 0
 );
 
@@ -503,11 +510,14 @@ class SqlStorage:
     @_serialized
     def finish_sample(self, sample_id: int, status: Literal["scored", "error", "skipped_budget"], *,
                       score: float | None = None, reason: str | None = None, error: str | None = None,
-                      tokens: int = 0, release: str | None = None, signals: Sequence[str] = ()) -> bool:
+                      tokens: int = 0, release: str | None = None, signals: Sequence[str] = (),
+                      at: int | None = None) -> bool:
         """Record a pending sample's outcome and add its tokens to its release's usage, atomically.
 
-        False (and nothing written) when the sample is not pending any more.
+        False (and nothing written) when the sample is not pending any more. `at`: the service's clock.
         """
+        when = now_us() if at is None else at
+
         def finish(_: Any) -> bool:
             # Lock order of every writer: sample rows, then pair rows, then the counter.
             row = self._execute(f"SELECT release, pair_id FROM samples WHERE id = ? AND status = 'pending'"
@@ -518,31 +528,31 @@ class SqlStorage:
                 # Two replicas finishing the pair's last two parts at once: the second waits here and
                 # then sees the first's outcome, so exactly one of them completes the pair.
                 self._execute(f"SELECT id FROM pairs WHERE id = ?{self._FOR_UPDATE}", (row["pair_id"],))
-            at = now_us()
             self._execute("UPDATE samples SET status = ?, score = ?, reason = ?, error = ?, tokens = ?,"
                           " finished_at = ?, signals = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
-                          (status, score, reason, error, tokens, at, ",".join(signals) or None, sample_id))
-            self._add_tokens(row["release"], tokens)
+                          (status, score, reason, error, tokens, when, ",".join(signals) or None, sample_id))
+            self._add_tokens(row["release"], tokens, when)
             if row["pair_id"] is not None:
-                self._complete_if_final(row["pair_id"], at)
+                self._complete_if_final(row["pair_id"], when)
             return True
         return self._in_tx(finish)
 
     @_serialized
     def finish_pair(self, pair_id: int, status: Literal["done", "error", "skipped_budget"], *,
                     winner: Literal["primary", "canary", "tie"] | None = None, reason: str | None = None,
-                    error: str | None = None, tokens: int = 0) -> bool:
+                    error: str | None = None, tokens: int = 0, at: int | None = None) -> bool:
+        when = now_us() if at is None else at
+
         def finish(_: Any) -> bool:
             row = self._execute(f"SELECT release FROM pairs WHERE id = ? AND status = 'pending'{self._FOR_UPDATE}",
                                 (pair_id,)).fetchone()
             if row is None:
                 return False
-            at = now_us()
             self._execute("UPDATE pairs SET status = ?, winner = ?, reason = ?, error = ?, tokens = ?,"
                           " finished_at = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
-                          (status, winner, reason, error, tokens, at, pair_id))
-            self._add_tokens(row["release"], tokens)
-            self._complete_if_final(pair_id, at)
+                          (status, winner, reason, error, tokens, when, pair_id))
+            self._add_tokens(row["release"], tokens, when)
+            self._complete_if_final(pair_id, when)
             return True
         return self._in_tx(finish)
 
@@ -563,11 +573,21 @@ class SqlStorage:
                             ).fetchone()[0]
         self._execute("UPDATE pairs SET completed_seq = ?, completed_at = ? WHERE id = ?", (seq, at, pair_id))
 
-    def _add_tokens(self, release: str, tokens: int) -> None:
+    def _add_tokens(self, release: str, tokens: int, at: int) -> None:
         if tokens:
             self._execute("INSERT INTO token_usage (release, tokens) VALUES (?, ?)"
                           " ON CONFLICT (release) DO UPDATE SET tokens = token_usage.tokens + excluded.tokens",
                           (release, tokens))
+            self._execute("INSERT INTO token_spend (hour, tokens) VALUES (?, ?)"
+                          " ON CONFLICT (hour) DO UPDATE SET tokens = token_spend.tokens + excluded.tokens",
+                          (at // HOUR_US, tokens))
+
+    @_serialized
+    def tokens_spent_since(self, since: int) -> int:
+        """Every release's tokens spent in the hour holding `since` and after (the budget counts whole hours)."""
+        row = self._execute("SELECT coalesce(sum(tokens), 0) FROM token_spend WHERE hour >= ?",
+                            (since // HOUR_US,)).fetchone()
+        return int(row[0])
 
     @_serialized
     def tokens_used(self, release: str) -> int:
@@ -747,8 +767,9 @@ class SqlStorage:
         A pair goes with its two samples, once both were ingested before the cutoff and all three
         are final; a sample in a pair that cannot go yet stays with it. Pending work stays whatever
         its age (it is deleted once it is finished and still old). Then the token usage of the
-        releases with no sample left. Completion numbers are never handed out again (the counter
-        keeps counting), so the pair stream's cursors stay valid.
+        releases with no sample left, and the judge-wide spend of a day before the cutoff. Completion
+        numbers are never handed out again (the counter keeps counting), so the pair stream's cursors
+        stay valid.
         """
         total = Deleted()
         while True:
@@ -761,7 +782,10 @@ class SqlStorage:
             total += done
             if done.samples < _CHUNK:
                 break
-        return total + self._in_tx(lambda _: self._delete_orphan_usage())
+        total += self._in_tx(lambda _: self._delete_orphan_usage())
+        # The judge-wide spend a day older than the cutoff: the budget looks back a day, whatever the retention.
+        self._execute("DELETE FROM token_spend WHERE hour < ?", (cutoff // HOUR_US - 24,))
+        return total
 
     def _delete_old_pairs(self, cutoff: int) -> Deleted:
         rows = self._execute(

@@ -25,6 +25,7 @@ import kopf
 
 from canarist.kube.client import load_client
 from canarist.kube.leadership import LeaderElector, config_from_env
+from canarist.metrics import set_leader
 
 LEASE_CLIENT_TIMEOUT = (2.0, 3.0)  # connect, read: a renewal attempt is over long before the renew deadline
 _elector: LeaderElector | None = None
@@ -51,4 +52,5 @@ async def lead(logger: logging.Logger, **_) -> None:
     candidate.run_renewal()
     atexit.register(candidate.release)
     _elector = candidate
+    set_leader(True)
     logger.info("leader election: %s leads; starting to watch", config.identity)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -32,40 +33,24 @@ LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] (\S+)\s+\[(\
 
 
 @dataclass
-class LeaseWatcher:
-    """Polls the Lease every 50 ms and records each new record (holder, transitions, times)."""
+class LeaseHistory:
+    """Each new record of the Lease (holder, transitions, times), as polled every 50 ms."""
 
-    api: kubernetes.client.ApiClient
-    namespace: str
     records: list[tuple[float, str | None, int, datetime | None, datetime | None]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def __enter__(self) -> "LeaseWatcher":
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        leases = kubernetes.client.CoordinationV1Api(self.api)
-        deadline = time.monotonic() + 900
-        last_rv = None
-        while not self._stop.is_set() and time.monotonic() < deadline:
+    def poll(self, api: kubernetes.client.ApiClient, namespace: str, stop: threading.Event) -> None:
+        leases = kubernetes.client.CoordinationV1Api(api)
+        deadline, last_rv = time.monotonic() + 900, None
+        while not stop.is_set() and time.monotonic() < deadline:
             try:
-                lease = leases.read_namespaced_lease(LEASE, self.namespace)
+                lease = leases.read_namespaced_lease(LEASE, namespace)
             except Exception:  # noqa: BLE001 - not there yet
                 lease = None
             if lease is not None and lease.metadata.resource_version != last_rv:
-                last_rv = lease.metadata.resource_version
-                s = lease.spec
-                self.records.append((time.time(), s.holder_identity, s.lease_transitions or 0, s.acquire_time,
-                                     s.renew_time))
-            self._stop.wait(0.05)
+                last_rv, spec = lease.metadata.resource_version, lease.spec
+                self.records.append((time.time(), spec.holder_identity, spec.lease_transitions or 0,
+                                     spec.acquire_time, spec.renew_time))
+            stop.wait(0.05)
 
     def holder(self) -> str | None:
         return self.records[-1][1] if self.records else None
@@ -80,6 +65,18 @@ class LeaseWatcher:
 
     def first_held_by(self, prefix: str) -> tuple[float, str | None, int, datetime | None, datetime | None]:
         return next(r for r in self.records if (r[1] or "").startswith(prefix))
+
+
+@contextmanager
+def lease_history(api: kubernetes.client.ApiClient, namespace: str) -> Iterator[LeaseHistory]:
+    history, stop = LeaseHistory(), threading.Event()
+    poller = threading.Thread(target=history.poll, args=(api, namespace, stop), daemon=True)
+    poller.start()
+    try:
+        yield history
+    finally:
+        stop.set()
+        poller.join(5)
 
 
 def log_lines(proc: OperatorProcess) -> list[tuple[float, str, str]]:
@@ -147,7 +144,7 @@ def assert_each_event_once(cluster) -> Counter:
 def test_standby_takes_over_a_rollout_within_15s_of_a_sigkill_and_nothing_happens_twice(
         kube_client, cluster, operators, hostname, gateway_traffic):
     a, b = operators
-    with LeaseWatcher(kube_client, cluster.namespace) as lease:
+    with lease_history(kube_client, cluster.namespace) as lease:
         setup_release(cluster, hostname, gateway_traffic)
         assert not actions(b), f"the standby acted: {actions(b)[:5]}"
         serving_since = time.time()
@@ -197,7 +194,7 @@ def test_standby_takes_over_a_rollout_within_15s_of_a_sigkill_and_nothing_happen
 
 def test_a_standby_never_acts_while_the_leader_lives(kube_client, cluster, operators, hostname, gateway_traffic):
     a, b = operators
-    with LeaseWatcher(kube_client, cluster.namespace) as lease:
+    with lease_history(kube_client, cluster.namespace) as lease:
         setup_release(cluster, hostname, gateway_traffic)
         cluster.set_image("web", "registry.test/web:v2")
         status = cluster.wait_phase("web", {"Succeeded", "RolledBack"}, 150)

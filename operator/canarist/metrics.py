@@ -22,9 +22,11 @@ Metrics:
   canarist_api_errors_total{resource,verb,code} counter: Kubernetes API errors
   canarist_cache_objects{kind}                  gauge: objects held by the operator's caches
   canarist_leader                               gauge: 1 while this process leads (or runs alone)
-  canarist_release_step_started_timestamp_seconds{namespace,name}
+  canarist_release_step_started_timestamp_seconds{release_namespace,release_name}
                                                 gauge: when a rolling release (Shadowing, Progressing,
                                                 Promoting) last changed step; the stuck-step alert
+                                                (not `namespace`: the scrape's target label of that name
+                                                would rename it)
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class _State(Collector):
         started = GaugeMetricFamily(
             "canarist_release_step_started_timestamp_seconds",
             "When a release in Shadowing, Progressing or Promoting last changed step (or phase), Unix time.",
-            labels=["namespace", "name"])
+            labels=["release_namespace", "release_name"])
         for (namespace, name), since in sorted(steps):
             started.add_metric([namespace, name], since)
         yield started

@@ -200,22 +200,22 @@ def test_phases_of_several_releases_and_a_forgotten_one():
 
 def test_the_step_clock_moves_with_the_step_and_leaves_with_the_rollout():
     r = Recorded(Sim()).initialized()
-    assert value("canarist_release_step_started_timestamp_seconds", namespace="apps", name="web") == 0
+    assert value("canarist_release_step_started_timestamp_seconds", release_namespace="apps", release_name="web") == 0
     r.sim.target = "rev2"
     while r.sim.status.step_weight != 1:
         r.tick(PASS)
-    first = value("canarist_release_step_started_timestamp_seconds", namespace="apps", name="web")
+    first = value("canarist_release_step_started_timestamp_seconds", release_namespace="apps", release_name="web")
     assert first > 0
     r.tick(NODATA_CHECKS)  # holds: same step, same clock
     r.tick(NODATA_CHECKS)
     assert r.sim.status.step_weight == 1
-    assert value("canarist_release_step_started_timestamp_seconds", namespace="apps", name="web") == first
+    assert value("canarist_release_step_started_timestamp_seconds", release_namespace="apps", release_name="web") == first
     while r.sim.status.step_weight == 1:
         r.tick(PASS)
-    assert value("canarist_release_step_started_timestamp_seconds", namespace="apps", name="web") >= first
+    assert value("canarist_release_step_started_timestamp_seconds", release_namespace="apps", release_name="web") >= first
     r.until(Phase.SUCCEEDED)
     assert metrics.REGISTRY.get_sample_value("canarist_release_step_started_timestamp_seconds",
-                                             {"namespace": "apps", "name": "web"}) is None
+                                             {"release_namespace": "apps", "release_name": "web"}) is None
 
 
 NODATA_CHECKS = (check(CheckResult.NO_DATA),)

@@ -6,7 +6,9 @@ operator with the chart's ServiceAccount.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -167,7 +169,7 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
     assert env["CANARIST_PROMETHEUS_URL"]["value"] == "http://prometheus-operated.monitoring:9090"
     assert env["CANARIST_TICK_SECONDS"]["value"] == "5"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 8081}
     assert_hardened(operator)
     assert pod["serviceAccountName"] == "canarist"
     one(docs, "ServiceAccount", "canarist")
@@ -476,6 +478,141 @@ def release_objects(stack, namespace: str) -> list[str]:
     cluster_scoped = stack.cluster.kubectl("get", "clusterroles,clusterrolebindings", "-l", selector,
                                            "-o", "name").stdout.split()
     return names + [n for n in cluster_scoped if namespace in n]
+
+
+# -- the operator's own metrics: /metrics, the Grafana dashboard, the ServiceMonitor, the alerts ---
+
+DASHBOARD = CHART / "dashboards" / "canarist.json"
+
+
+def dashboard_exprs(dashboard: dict) -> list[str]:
+    """Every panel target's PromQL in a Grafana dashboard (rows' nested panels included)."""
+    exprs = []
+    for panel in dashboard["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            exprs += [t["expr"] for t in inner.get("targets", [])]
+    return exprs
+
+
+def rule_file(rule: dict, path: Path) -> Path:
+    """A PrometheusRule's groups as a Prometheus rule file (what promtool and Prometheus read)."""
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    return path
+
+
+def promtool() -> str:
+    found = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
+    assert found, "promtool ships with Debian's prometheus package (hack/install-prometheus.sh)"
+    return found
+
+
+def test_metrics_port_env_and_dashboard_configmap_by_default(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+    c = container(one(docs, "Deployment", "canarist"))
+    assert env_of(c)["CANARIST_METRICS_PORT"]["value"] == "8081"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 8081
+
+    cm = one(docs, "ConfigMap", "canarist-dashboard")
+    assert cm["metadata"]["namespace"] == "canarist-system"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["canarist.json"])
+    assert dashboard == json.loads(DASHBOARD.read_text()), "the ConfigMap ships the file as it is"
+    exprs = dashboard_exprs(dashboard)
+    for metric in ("canarist_releases", "canarist_rollbacks_total", "canarist_promotions_total",
+                   "canarist_checks_total", "canarist_tick_duration_seconds_bucket", "canarist_tick_lag_seconds_bucket",
+                   "canarist_gate_duration_seconds_bucket", "canarist_api_errors_total", "canarist_cache_objects",
+                   "canarist_leader"):
+        assert any(metric in e for e in exprs), f"no panel shows {metric}"
+    titles = [p["title"] for p in dashboard["panels"]]
+    assert len(titles) == len(set(titles)) and len({p["id"] for p in dashboard["panels"]}) == len(titles)
+    # Off by default: their CRDs may be absent.
+    assert not of_kind(docs, "ServiceMonitor") and not of_kind(docs, "PrometheusRule")
+
+
+def test_dashboard_label_and_namespace_are_configurable_and_metrics_can_be_off(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "metrics.dashboard.labelName=grafana_dashboard_canarist",
+                  "--set", "metrics.dashboard.labelValue=yes", "--set", "metrics.dashboard.namespace=monitoring",
+                  "--set", "metrics.dashboard.annotations.grafana_folder=Canarist")
+    cm = one(docs, "ConfigMap", "canarist-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard_canarist"] == "yes"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Canarist"}
+
+    assert not of_kind(render(helm_bin, tmp_path, "--set", "metrics.dashboard.enabled=false"), "ConfigMap")
+    docs = render(helm_bin, tmp_path, "--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true",
+                  "--set", "metrics.prometheusRule.enabled=true")
+    c = container(one(docs, "Deployment", "canarist"))
+    assert "CANARIST_METRICS_PORT" not in env_of(c)
+    assert [p["name"] for p in c["ports"]] == ["health"]
+    assert not of_kind(docs, "ConfigMap") and not of_kind(docs, "ServiceMonitor") and not of_kind(docs, "PrometheusRule")
+
+
+def test_service_monitor_scrapes_every_operator_replica(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "metrics.serviceMonitor.enabled=true",
+                  "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack")
+    operator = one(docs, "Deployment", "canarist")
+    pod_labels = operator["spec"]["template"]["metadata"]["labels"]
+    service = one(docs, "Service", "canarist-metrics")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}]
+    monitor = one(docs, "ServiceMonitor", "canarist")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["canarist-system"]}
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics")]
+    # The judge's pods are not selected: it is another component.
+    judge = one(docs, "Deployment", "canarist-judge")
+    assert not service["spec"]["selector"].items() <= judge["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_prometheus_rule_renders_and_promtool_accepts_every_alert(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, "--set", "metrics.prometheusRule.enabled=true",
+                  "--set", "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+                  "--set", "metrics.prometheusRule.stepStuckSeconds=1800")
+    rule = one(docs, "PrometheusRule", "canarist")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"CanaristRolledBack", "CanaristStepStuck", "CanaristProviderErrors"}
+    assert "canarist_rollbacks_total" in alerts["CanaristRolledBack"]["expr"]
+    assert alerts["CanaristStepStuck"]["expr"].endswith("> 1800")
+    assert "canarist_api_errors_total" in alerts["CanaristProviderErrors"]["expr"]
+    assert 'outcome="error"' in alerts["CanaristProviderErrors"]["expr"]
+    # promtool parses every expression and every annotation template.
+    checked = subprocess.run([promtool(), "check", "rules", str(rule_file(rule, tmp_path / "rules.yml"))],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 3 rules found" in checked.stdout, checked.stdout
+
+
+def test_dashboard_queries_parse_as_promql(helm_bin, tmp_path):
+    """promtool parses each panel's query once Grafana's variables are replaced (as a rule's expr)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    rules = [{"record": f"canarist:panel_{i}", "expr": grafana_to_promql(e)} for i, e in enumerate(dashboard_exprs(dashboard))]
+    path = tmp_path / "panels.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    checked = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def grafana_to_promql(expr: str, job: str = ".+", rate_interval: str = "1m") -> str:
+    """A panel's query with Grafana's variables replaced by concrete values."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$job", job)
+
+
+def test_metrics_port_must_differ_from_the_liveness_port(helm_bin, tmp_path):
+    result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "--set", "metrics.port=8080")
+    assert result.returncode != 0 and "metrics.port must differ from healthPort" in result.stderr
+    for values, field in (("metrics: {port: 0}", "/metrics/port"),
+                          ("metrics: {dashboard: {labelName: \"\"}}", "/metrics/dashboard/labelName"),
+                          ("metrics: {prometheusRule: {providerErrorRatio: 2}}", "/metrics/prometheusRule/providerErrorRatio"),
+                          ("metrics: {prometheusRule: {rolledBackWindow: soon}}", "/metrics/prometheusRule/rolledBackWindow"),
+                          ("metrics: {serviceMonitor: {enable: true}}", "enable")):
+        values_file = tmp_path / "bad.yaml"
+        values_file.write_text(values + "\n")
+        result = offline_helm(helm_bin, tmp_path, "template", RELEASE, str(CHART), "-f", str(values_file))
+        assert result.returncode != 0 and field in result.stderr, (values, result.stderr)
 
 
 @pytest.fixture

@@ -165,8 +165,11 @@ def test_dashboard_and_alerts_show_a_rollback_and_a_promotion(stack, cluster, me
     cluster.custom.patch_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
                                                   "web", {"spec": {"analysis": {"metrics": metrics[:1]}}})
     cluster.set_image("web", "registry.test/web:v3")
-    wait_until(lambda: (s := cluster.status("web")).get("canaryWeight") == 1 and s.get("checksInconclusive", 0) >= 2,
-               90, "the 1% step holding without traffic")
+    try:
+        wait_until(lambda: (s := cluster.status("web")).get("canaryWeight") == 1 and s.get("checksInconclusive", 0) >= 2,
+                   90, "the 1% step holding without traffic")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; status: {cluster.status('web')}\noperator log:\n{metered_operator.proc.log()}") from None
     assert cluster.status("web")["phase"] == "Progressing"
 
     # A real API error: the operator's status writes are refused while its Role lacks them.

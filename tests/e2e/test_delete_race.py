@@ -12,7 +12,7 @@ import pytest
 
 from canarist.analysis.gates import GateClients
 from canarist.devstack.procs import wait_until
-from canarist.handlers import tick as tick_module
+from canarist.handlers import act as act_module
 from canarist.handlers.finalize import finalize_release
 from canarist.handlers.tick import OperatorContext, run_tick
 
@@ -43,14 +43,14 @@ def test_a_tick_cut_short_by_deletion_does_not_take_back_what_the_finalizer_rele
 
     # The next tick decides and writes its status, then stalls before acting (a slow API server).
     acting, resume = threading.Event(), threading.Event()
-    real_apply = tick_module.apply_in_order
+    real_apply = act_module.apply_in_order
 
     def slow_apply(actions, apply):
         acting.set()
         assert resume.wait(30)
         return real_apply(actions, apply)
 
-    monkeypatch.setattr(tick_module, "apply_in_order", slow_apply)
+    monkeypatch.setattr(act_module, "apply_in_order", slow_apply)
     ticking = threading.Thread(target=run_tick, args=(ctx, cluster.namespace, "web", datetime.now(timezone.utc)))
     ticking.start()
     assert acting.wait(30)
@@ -65,7 +65,7 @@ def test_a_tick_cut_short_by_deletion_does_not_take_back_what_the_finalizer_rele
     ticking.join(30)
     finalizer.join(30)
     assert finalized and "left" in finalized[0]
-    monkeypatch.setattr(tick_module, "apply_in_order", real_apply)
+    monkeypatch.setattr(act_module, "apply_in_order", real_apply)
 
     # A tick that starts after the deletion leaves everything alone.
     run_tick(ctx, cluster.namespace, "web", datetime.now(timezone.utc))

@@ -167,7 +167,7 @@ def test_template_defaults_watch_all_namespaces(helm_bin, tmp_path):
                             "--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
     env = env_of(c)
     assert env["CANARIST_PROMETHEUS_URL"]["value"] == "http://prometheus-operated.monitoring:9090"
-    assert env["CANARIST_TICK_SECONDS"]["value"] == "5"
+    assert env["CANARIST_TICK_SECONDS"]["value"] == "30"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 8081}
     assert_hardened(operator)

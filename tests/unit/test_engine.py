@@ -450,3 +450,18 @@ def test_custom_steps(steps):
         if sim.status.phase == Phase.SUCCEEDED:
             break
     assert sim.weights() == [0, *steps, 0]
+
+
+def test_a_rolled_back_release_keeps_saying_why_on_later_ticks():
+    """The rollback's message (what failed, at which step) is not replaced by the steady tick after it."""
+    sim = Sim(spec=make_spec(failureLimit=0)).initialized()
+    walk_to(sim, 5)
+    sim.tick(FAIL)
+    rolled = sim.status.message
+    assert sim.status.phase == Phase.ROLLED_BACK and rolled.startswith("rolled back revision"), rolled
+    assert "error-rate=0.5" in rolled
+    for _ in range(3):
+        sim.tick(PASS)
+    assert sim.status.message.startswith(rolled)
+    assert sim.status.message.endswith("change the Deployment for a new revision, or request a retry to "
+                                       "release it again")

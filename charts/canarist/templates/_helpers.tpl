@@ -97,8 +97,9 @@ the API calls of canarist.handlers and kopf, nothing else. No wildcards, no Secr
 except on the HTTPRoute canarist owns.
 */}}
 {{- define "canarist.operator.rules" -}}
-# CanaryRelease: kopf lists and watches it, patches its finalizer and its progress annotations;
-# the tick reads it (get).
+# CanaryRelease: kopf lists and watches it (the operator's cache), patches its finalizer and its
+# progress annotations; a tick reads it fresh (get) now and then. Deployments, Services, HTTPRoutes
+# and HPAs are watched the same way: a tick reads them from that cache.
 - apiGroups: [canarist.dev]
   resources: [canaryreleases]
   verbs: [get, list, watch, patch, update]
@@ -150,10 +151,10 @@ except on the HTTPRoute canarist owns.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, list, watch, create, update, patch, delete]
-# HPAs: the target's is found by listing the namespace; its twin <hpa>-primary (scaling the
+# HPAs: watched (the target's is found among the namespace's); its twin <hpa>-primary (scaling the
 # primary) is read, created, replaced with the resourceVersion read, and deleted (uid
 # precondition) when the user's HPA is gone or the workload is handed back.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, create, update, delete]
+  verbs: [get, list, watch, create, update, delete]
 {{- end }}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Callable, TypeVar
 
 import requests
 
 from canarist.api.durations import prometheus_duration
 from canarist.api.spec import Analysis, Cohort
-from canarist.api.status import Check, Evidence
+from canarist.api.status import Check, CheckResult, Evidence
+from canarist.metrics import observe_gate
 
 from .compare import run_comparisons
 from .judge import VerdictError, check_judge, fetch_verdict
@@ -39,27 +42,43 @@ class GateTarget:
     cohorts: tuple[Cohort, ...] = ()  # the rollout's cohorts, each judged on its own as well
 
 
+_Found = TypeVar("_Found", Check, list[Check])
+
+
+def timed(kind: str, query: Callable[[], _Found]) -> _Found:
+    """One provider query, its latency and whether the provider answered (an Error check: it did not)."""
+    started = time.monotonic()
+    found = query()
+    checks = found if isinstance(found, list) else [found]
+    observe_gate(kind, time.monotonic() - started, not any(c.result == CheckResult.ERROR for c in checks))
+    return found
+
+
 def run_gates(analysis: Analysis, where: GateTarget, clients: GateClients, now: datetime) -> tuple[Check, ...]:
     variables = QueryVariables(namespace=where.namespace, target=where.target,
                                interval=prometheus_duration(analysis.interval))
     checks = []
     if analysis.min_samples is not None:
-        checks.append(check_samples(analysis.min_samples, variables, clients.prometheus,
-                                    clients.default_prometheus, now))
+        checks.append(timed("prometheus", lambda: check_samples(analysis.min_samples, variables, clients.prometheus,
+                                                                clients.default_prometheus, now)))
     for gate in analysis.metrics:
-        checks.append(check_metric(gate, variables, clients.prometheus, clients.default_prometheus, now))
+        checks.append(timed("prometheus", lambda: check_metric(gate, variables, clients.prometheus,
+                                                               clients.default_prometheus, now)))
         if uses_variable(gate.prometheus.query, "cohort"):
             # A cohort that fails fails the check, however well all traffic together does.
             for cohort in where.cohorts:
-                checks.append(check_metric(gate, replace(variables, cohort=cohort.name), clients.prometheus,
-                                           clients.default_prometheus, now).for_cohort(cohort.name))
+                cohort_vars = replace(variables, cohort=cohort.name)
+                checks.append(timed("prometheus", lambda: check_metric(
+                    gate, cohort_vars, clients.prometheus, clients.default_prometheus, now)).for_cohort(cohort.name))
     if analysis.judge is not None:
         release = f"{where.namespace}/{where.release}"
-        checks += check_judge(analysis.judge, clients.http, release, where.step_started_at, now,
-                              baseline_since=where.rollout_started_at)
+        checks += timed("judge", lambda: list(check_judge(analysis.judge, clients.http, release,
+                                                          where.step_started_at, now,
+                                                          baseline_since=where.rollout_started_at)))
         for cohort in where.cohorts:
-            checks += check_judge(analysis.judge, clients.http, release, where.step_started_at, now,
-                                  baseline_since=where.rollout_started_at, cohort=cohort)
+            checks += timed("judge", lambda: list(check_judge(analysis.judge, clients.http, release,
+                                                              where.step_started_at, now,
+                                                              baseline_since=where.rollout_started_at, cohort=cohort)))
     return tuple(checks)
 
 
@@ -74,7 +93,9 @@ def run_comparison_gates(analysis: Analysis, where: GateTarget, clients: GateCli
                             default_prometheus=clients.default_prometheus, http=clients.http,
                             release=f"{where.namespace}/{where.release}",
                             rollout_started_at=where.rollout_started_at, now=now)
+    started = time.monotonic()
     checks, evidence = run_comparisons(analysis.compare, previous, analysis.alpha, context, step)
+    observe_gate("compare", time.monotonic() - started, not any(c.result == CheckResult.ERROR for c in checks))
     return tuple(checks), tuple(evidence)
 
 

@@ -24,7 +24,7 @@ pairs; a failing shadow rolls back with no user ever served by the canary.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from canarist.api.compare import STEP_GUARD_CONFIDENCE
 from canarist.api.durations import parse_duration
@@ -62,11 +62,17 @@ def _gathering(status: CanaryReleaseStatus) -> bool:
 
 def analysis_due(status: CanaryReleaseStatus, now: datetime) -> bool:
     """Whether the handler should run the gates before calling decide() this tick."""
+    at = next_check_at(status)
+    return at is not None and now >= at
+
+
+def next_check_at(status: CanaryReleaseStatus) -> datetime | None:
+    """When the next analysis check is due (datetime.min: at once); None while no evidence is gathered."""
     analysis = active_analysis(status)
     if not _gathering(status) or analysis is None:
-        return False
+        return None
     since = status.last_check_at or status.step_started_at
-    return since is None or now >= since + parse_duration(analysis.interval)
+    return datetime.min.replace(tzinfo=timezone.utc) if since is None else since + parse_duration(analysis.interval)
 
 
 def comparisons_due(status: CanaryReleaseStatus) -> bool:
@@ -228,8 +234,12 @@ class _Tick:
                 s.phase = Phase.IDLE
             s.message = f"primary serves revision {_short(target)}"
         elif s.phase == Phase.ROLLED_BACK and target == s.rolled_back_revision and not retry:
-            s.message = (f"revision {_short(target)} was rolled back; change the Deployment for a new revision, "
-                         "or request a retry to release it again")
+            # The rollback's own message (why, and at which step) stays: the next ticks add the way out.
+            hint = "change the Deployment for a new revision, or request a retry to release it again"
+            if not (s.message or "").startswith("rolled back revision"):
+                s.message = f"revision {_short(target)} was rolled back; {hint}"
+            elif not s.message.endswith(hint):
+                s.message = f"{s.message}; {hint}"
         elif self._paused:
             s.message = f"revision {_short(target)} waits: {self._pause_reason()}"
         elif self.spec_issues:

@@ -1,28 +1,60 @@
-"""The only place kopf appears: thin handlers that call the tick and the finalizer.
+"""The only place kopf appears for releases: thin handlers that feed the caches, schedule ticks
+and run the finalizer.
 
-All rollout state lives in the CanaryRelease status; nothing here keeps state between ticks,
-so the operator can be killed at any moment and resume from status.
+All rollout state lives in the CanaryRelease status; nothing here keeps state a restart would
+miss, so the operator can be killed at any moment and resume from status.
+
+Ticks are not kopf timers: `canarist.handlers.scheduler` runs each release at its own pace (its
+next analysis check, else the resync period CANARIST_TICK_SECONDS) and at once when something it
+depends on changes (`canarist.handlers.watches`), on a pool of CANARIST_TICK_WORKERS threads.
+Gate queries run apart, on CANARIST_GATE_WORKERS threads (`canarist.analysis.runner`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from datetime import datetime, timezone
 
 import kopf
 
+from canarist import metrics
+from canarist.analysis.runner import GateRunner
 from canarist.api.crd import GROUP, PLURAL, VERSION
 from canarist.kube.client import load_client
 
+from . import watches
+from .context import OperatorContext
 from .finalize import Retry, finalize_release
-from .tick import OperatorContext, run_tick
+from .scheduler import GONE, Scheduler
+from .tick import run_tick
 
-TICK_SECONDS = float(os.environ.get("CANARIST_TICK_SECONDS", "5"))
+log = logging.getLogger(__name__)
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+# The longest a release waits between ticks when nothing wakes it and no check is due.
+TICK_SECONDS = _env_float("CANARIST_TICK_SECONDS", 30)
+TICK_WORKERS = int(_env_float("CANARIST_TICK_WORKERS", 4))
+GATE_WORKERS = int(_env_float("CANARIST_GATE_WORKERS", 8))
+# How often each release reads everything from the API instead of the caches: a watch can miss a
+# deletion while it reconnects.
+FRESH_SECONDS = _env_float("CANARIST_FRESH_SECONDS", 600)
 # The chart's trackSecrets: without it the operator has no access to Secrets and never watches them.
 TRACK_SECRETS = os.environ.get("CANARIST_TRACK_SECRETS", "true").strip().lower() not in ("false", "0", "no")
 FINALIZER = "canarist.dev/finalizer"
 _context: OperatorContext | None = None
+_scheduler: Scheduler | None = None
+_dependents = watches.Dependents()
+_seen: dict[tuple[str, str], tuple] = {}       # what of a release's body wakes it (generation, annotations)
+_fresh_at: dict[tuple[str, str], float] = {}   # when each release last read everything from the API
+_target_of: dict[tuple[str, str], str] = {}      # each release's target Deployment
+_config_of: dict[tuple[str, str], list[tuple[str, str]]] = {}  # the tracked configuration its tick read
 
 
 def context() -> OperatorContext:
@@ -32,8 +64,15 @@ def context() -> OperatorContext:
     return _context
 
 
+def scheduler() -> Scheduler:
+    global _scheduler
+    if _scheduler is None:
+        _scheduler = Scheduler(tick=_tick, resync=TICK_SECONDS, workers=TICK_WORKERS)
+    return _scheduler
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
@@ -43,39 +82,137 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.connect_timeout = 10
     settings.networking.request_timeout = 30
-    # A deleted release's finalizer goes only once its timer has stopped. A tick in flight (a
-    # thread: it cannot be cancelled) is waited for briefly, then polled every second instead of
-    # kopf's default minute, which kept a deleted release around for 60 s after its tick ended.
-    settings.background.instant_exit_timeout = 0.5
-    settings.background.cancellation_polling = 1.0
-    context()
+    ctx = context()
+    served = watches.served_kinds(ctx.api)
+    for kind in served:
+        ctx.objects.watch(kind)
+    missing = sorted(set(watches.WATCHED) - served)
+    if missing:
+        logger.info("not served by this cluster, read from the API when needed: %s", ", ".join(missing))
+    ctx.gate_runner = GateRunner(workers=GATE_WORKERS, on_done=lambda key: scheduler().wake(key),
+                                 deadline=max(60.0, 4 * TICK_SECONDS))
+    metrics.set_cache_sizes(ctx.objects.sizes)
+    scheduler().start()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, sharp=False, backoff=TICK_SECONDS)
-def tick(namespace: str, name: str, logger: logging.Logger, **_) -> None:
-    # A failing tick is logged and retried on the next tick, never after kopf's one-minute backoff:
-    # a rollback waiting on a transient API error must go out as soon as the API answers again.
+@kopf.on.cleanup()
+def stop(**_) -> None:
+    if _scheduler is not None:
+        _scheduler.stop()
+    if _context is not None and _context.gate_runner is not None:
+        _context.gate_runner.shutdown()
+
+
+def _tick(key: tuple[str, str], due: float) -> float | None:
+    """The scheduler's tick of one release: fresh reads now and then, metrics, and its pace."""
+    namespace, name = key
+    started = time.monotonic()
+    # Spread over the period: releases seen at start-up must not all read fresh at once.
+    fresh = started - _fresh_at.setdefault(key, started - random.uniform(0, FRESH_SECONDS)) >= FRESH_SECONDS
     try:
-        run_tick(context(), namespace, name, datetime.now(timezone.utc))
-    except Exception as exc:  # noqa: BLE001
-        logger.warning("tick failed, retried in %gs: %s: %s", TICK_SECONDS, type(exc).__name__, exc)
+        ticked = run_tick(context(), namespace, name, datetime.now(timezone.utc), fresh=fresh)
+    except Exception as exc:
+        # Logged and retried on the release's next tick, never after a long backoff: a rollback
+        # waiting on a transient API error must go out as soon as the API answers again.
+        log.warning("%s/%s: tick failed, retried in at most %gs: %s: %s", namespace, name, TICK_SECONDS,
+                    type(exc).__name__, exc)
+        return None
+    if fresh:
+        _fresh_at[key] = started
+    done = time.monotonic()
+    if ticked.gone:
+        _forget(key)
+        return GONE
+    if ticked.config is not None and ticked.config != _config_of.get(key):
+        _config_of[key] = ticked.config
+        _set_dependents(key)
+    if ticked.status_after is not None:
+        metrics.record_tick(namespace=namespace, name=name, phase_before=ticked.phase_before,
+                            status_after=ticked.status_after, checks=ticked.checks, events=ticked.events,
+                            duration=done - started, lag=max(0.0, done - due))
+    return ticked.next_in
+
+
+def _forget(key: tuple[str, str]) -> None:
+    scheduler().forget(key)
+    _dependents.forget(key)
+    _seen.pop(key, None)
+    _fresh_at.pop(key, None)
+    _config_of.pop(key, None)
+    _target_of.pop(key, None)
+    metrics.forget_release(*key)
+    if _context is not None and _context.gate_runner is not None:
+        _context.gate_runner.forget(key)
+
+
+def _changed(kind: str, event_type: str | None, body: dict) -> None:
+    """A watch event: into the cache, then wake whoever depends on it."""
+    context().objects.on_event(kind, event_type, body)
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace") or ""
+    if kind == "CanaryRelease":
+        _release_changed(event_type, body)
+        return
+    for dep_kind, dep_name in watches.depends_on(kind, body):
+        for key in _dependents.of(dep_kind, namespace, dep_name):
+            scheduler().wake(key)
+
+
+def _release_changed(event_type: str | None, body: dict) -> None:
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace") or "", meta.get("name") or "")
+    if event_type == "DELETED":
+        _forget(key)
+        return
+    target = ((body.get("spec") or {}).get("targetRef") or {}).get("name")
+    if isinstance(target, str) and target and _target_of.get(key) != target:
+        _target_of[key] = target
+        _set_dependents(key)
+    # What people change (spec, annotations: promote, abort, pause) wakes the release; its own
+    # status writes do not.
+    seen = (meta.get("uid"), meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())),
+            bool(meta.get("deletionTimestamp")))
+    before = _seen.get(key)
+    _seen[key] = seen
+    if before is None or not scheduler().known(key):
+        scheduler().add(key)
+    elif before != seen:
+        scheduler().wake(key)
+
+
+watches.register(_changed, watches.WATCHED)
 
 
 @kopf.on.event("", "v1", "configmaps")
 def configmap_seen(event: dict, **_) -> None:
-    """Tracked configuration (canarist.kube.configcache): a change is seen by the release's next tick."""
-    context().config.on_event("ConfigMap", event.get("type"), event["object"])
+    """Tracked configuration (canarist.kube.configcache): a change wakes the releases tracking it."""
+    _config_event("ConfigMap", event)
 
 
 if TRACK_SECRETS:
     @kopf.on.event("", "v1", "secrets")
     def secret_seen(event: dict, **_) -> None:
-        context().config.on_event("Secret", event.get("type"), event["object"])
+        _config_event("Secret", event)
+
+
+def _config_event(kind: str, event: dict) -> None:
+    body = event["object"]
+    context().config.on_event(kind, event.get("type"), body)
+    meta = body.get("metadata") or {}
+    for key in _dependents.of(kind, meta.get("namespace") or "", meta.get("name") or ""):
+        scheduler().wake(key)
+
+
+def _set_dependents(key: tuple[str, str]) -> None:
+    target = _target_of.get(key)
+    _dependents.set(key, (watches.target_objects(target) if target else []) + _config_of.get(key, []))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def release(body: kopf.Body, retry: int, logger: logging.Logger, **_) -> None:
     """Hand the workload back, or leave the primary serving (canarist.handlers.finalize)."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    scheduler().forget(key)
     try:
         logger.info(finalize_release(context(), dict(body)))
     except Retry as exc:
@@ -84,3 +221,5 @@ def release(body: kopf.Body, retry: int, logger: logging.Logger, **_) -> None:
         delay = min(2.0 ** min(retry, 5), 30.0)
         raise kopf.TemporaryError(f"finalization failed, retried in {delay:g}s: {type(exc).__name__}: {exc}",
                                   delay=delay) from exc
+    context().finalized(body["metadata"]["uid"])
+    _forget(key)

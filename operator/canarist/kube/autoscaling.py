@@ -17,10 +17,13 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from canarist.kube.objectcache import ObjectCache
 from canarist.kube.workloads import MANAGED_BY
 
 TIMEOUT = 10  # seconds for every API call: a hung apiserver must not stall the tick forever
 MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+KIND = "HorizontalPodAutoscaler"  # in the operator's watch-fed cache (canarist.kube.objectcache)
+_PASS_THROUGH = ObjectCache()     # watches nothing: every read goes to the API
 
 
 class AutoscalingProblem(Exception):
@@ -55,15 +58,22 @@ def _scales(hpa: dict, deployment: str) -> bool:
             and ref.get("name") == deployment)
 
 
-def target_hpa(api: kubernetes.client.ApiClient, namespace: str, deployment: str) -> dict | None:
+def _list(api: kubernetes.client.ApiClient, namespace: str, cache: ObjectCache, fresh: bool) -> list[dict]:
+    def read() -> list[dict]:
+        raw = _v2(api).list_namespaced_horizontal_pod_autoscaler(
+            namespace, _preload_content=False, _request_timeout=TIMEOUT)
+        return json.loads(raw.data)["items"]
+    return cache.list(KIND, namespace, read, fresh=fresh)
+
+
+def target_hpa(api: kubernetes.client.ApiClient, namespace: str, deployment: str,
+               cache: ObjectCache = _PASS_THROUGH, fresh: bool = False) -> dict | None:
     """The HPA whose scaleTargetRef is Deployment `deployment`, or None.
 
     Two of them raise AutoscalingProblem: the HPA controller itself stops scaling pods claimed by
     more than one HPA (ScalingActive=False, reason AmbiguousSelector), so there is nothing to copy.
     """
-    raw = _v2(api).list_namespaced_horizontal_pod_autoscaler(
-        namespace, _preload_content=False, _request_timeout=TIMEOUT)
-    found = sorted((h for h in json.loads(raw.data)["items"] if _scales(h, deployment)),
+    found = sorted((h for h in _list(api, namespace, cache, fresh) if _scales(h, deployment)),
                    key=lambda h: h["metadata"]["name"])
     if len(found) > 1:
         names = ", ".join(repr(h["metadata"]["name"]) for h in found)
@@ -73,15 +83,18 @@ def target_hpa(api: kubernetes.client.ApiClient, namespace: str, deployment: str
     return found[0] if found else None
 
 
-def _read(api: kubernetes.client.ApiClient, namespace: str, name: str) -> dict | None:
-    try:
-        raw = _v2(api).read_namespaced_horizontal_pod_autoscaler(
-            name, namespace, _preload_content=False, _request_timeout=TIMEOUT)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return json.loads(raw.data)
+def _read(api: kubernetes.client.ApiClient, namespace: str, name: str, cache: ObjectCache = _PASS_THROUGH,
+          fresh: bool = False) -> dict | None:
+    def read() -> dict | None:
+        try:
+            raw = _v2(api).read_namespaced_horizontal_pod_autoscaler(
+                name, namespace, _preload_content=False, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(raw.data)
+    return cache.get(KIND, namespace, name, read, fresh=fresh)
 
 
 def _owned_by(hpa: dict, owner_uid: str) -> bool:
@@ -94,7 +107,7 @@ def _managed(hpa: dict) -> bool:
 
 
 def ensure_primary_hpa(api: kubernetes.client.ApiClient, namespace: str, target_hpa: dict, primary_name: str,
-                       owner_ref: dict[str, Any]) -> dict:
+                       owner_ref: dict[str, Any], cache: ObjectCache = _PASS_THROUGH, fresh: bool = False) -> dict:
     """Create or update `<hpa>-primary`, the twin of `target_hpa` scaling Deployment `primary_name`.
 
     Writes only when the spec, our label or our ownerReference differ; returns the twin as stored.
@@ -106,7 +119,7 @@ def ensure_primary_hpa(api: kubernetes.client.ApiClient, namespace: str, target_
     # gains later is copied too; only the object scaled differs.
     spec = copy.deepcopy(target_hpa["spec"])
     spec["scaleTargetRef"] = {"apiVersion": "apps/v1", "kind": "Deployment", "name": primary_name}
-    existing = _read(api, namespace, name)
+    existing = _read(api, namespace, name, cache, fresh)
     if existing is None:
         # The user's HPA labels are not copied: a GitOps tool tracking its objects by label
         # (Argo CD's app.kubernetes.io/instance) would prune the twin as an object of its own.
@@ -116,7 +129,9 @@ def ensure_primary_hpa(api: kubernetes.client.ApiClient, namespace: str, target_
                 "spec": spec}
         raw = _v2(api).create_namespaced_horizontal_pod_autoscaler(
             namespace, body, _preload_content=False, _request_timeout=TIMEOUT)
-        return json.loads(raw.data)
+        created = json.loads(raw.data)
+        cache.put(KIND, created)
+        return created
     meta = existing["metadata"]
     if not _owned_by(existing, owner_ref["uid"]):
         controlled = any(o.get("controller") for o in meta.get("ownerReferences") or [])
@@ -132,18 +147,24 @@ def ensure_primary_hpa(api: kubernetes.client.ApiClient, namespace: str, target_
     existing["spec"] = spec
     existing.pop("status", None)
     # resourceVersion is kept: a concurrent writer makes this a 409, retried on the next tick.
-    raw = _v2(api).replace_namespaced_horizontal_pod_autoscaler(
-        name, namespace, existing, _preload_content=False, _request_timeout=TIMEOUT)
-    return json.loads(raw.data)
+    try:
+        raw = _v2(api).replace_namespaced_horizontal_pod_autoscaler(
+            name, namespace, existing, _preload_content=False, _request_timeout=TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 409:
+            _read(api, namespace, name, cache, fresh=True)  # the next tick starts from what is there now
+        raise
+    replaced = json.loads(raw.data)
+    cache.put(KIND, replaced)
+    return replaced
 
 
-def _ours(api: kubernetes.client.ApiClient, namespace: str, owner_uid: str) -> list[dict]:
-    raw = _v2(api).list_namespaced_horizontal_pod_autoscaler(
-        namespace, label_selector=MANAGED_BY_SELECTOR, _preload_content=False, _request_timeout=TIMEOUT)
-    return [h for h in json.loads(raw.data)["items"] if _owned_by(h, owner_uid)]
+def _ours(api: kubernetes.client.ApiClient, namespace: str, owner_uid: str, cache: ObjectCache = _PASS_THROUGH,
+          fresh: bool = False) -> list[dict]:
+    return [h for h in _list(api, namespace, cache, fresh) if _managed(h) and _owned_by(h, owner_uid)]
 
 
-def _delete(api: kubernetes.client.ApiClient, namespace: str, hpa: dict) -> None:
+def _delete(api: kubernetes.client.ApiClient, namespace: str, hpa: dict, cache: ObjectCache = _PASS_THROUGH) -> None:
     # The uid precondition: never delete an object recreated under that name since we listed it.
     meta = hpa["metadata"]
     try:
@@ -152,23 +173,25 @@ def _delete(api: kubernetes.client.ApiClient, namespace: str, hpa: dict) -> None
     except ApiException as exc:
         if exc.status not in (404, 409):
             raise
+    cache.forget(KIND, namespace, meta["name"])
 
 
 def remove_stale_primary_hpas(api: kubernetes.client.ApiClient, namespace: str, owner_uid: str,
-                              keep: str | None) -> list[str]:
+                              keep: str | None, cache: ObjectCache = _PASS_THROUGH, fresh: bool = False) -> list[str]:
     """Delete this CanaryRelease's twins other than `keep` (the user's HPA is gone or renamed)."""
-    stale = [h for h in _ours(api, namespace, owner_uid) if h["metadata"]["name"] != keep]
+    stale = [h for h in _ours(api, namespace, owner_uid, cache, fresh) if h["metadata"]["name"] != keep]
     for hpa in stale:
-        _delete(api, namespace, hpa)
+        _delete(api, namespace, hpa, cache)
     return [h["metadata"]["name"] for h in stale]
 
 
 def sync_primary_hpa(api: kubernetes.client.ApiClient, namespace: str, target: str, primary_name: str,
-                     owner_ref: dict[str, Any]) -> Autoscaling:
+                     owner_ref: dict[str, Any], cache: ObjectCache = _PASS_THROUGH, fresh: bool = False) -> Autoscaling:
     """One tick's work: find the target's HPA, make its twin match, delete twins that lost theirs."""
-    hpa = target_hpa(api, namespace, target)
-    twin = ensure_primary_hpa(api, namespace, hpa, primary_name, owner_ref) if hpa else None
-    remove_stale_primary_hpas(api, namespace, owner_ref["uid"], twin["metadata"]["name"] if twin else None)
+    hpa = target_hpa(api, namespace, target, cache, fresh)
+    twin = ensure_primary_hpa(api, namespace, hpa, primary_name, owner_ref, cache, fresh) if hpa else None
+    remove_stale_primary_hpas(api, namespace, owner_ref["uid"], twin["metadata"]["name"] if twin else None,
+                              cache, fresh)
     return Autoscaling(hpa, twin)
 
 

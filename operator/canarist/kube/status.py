@@ -34,8 +34,8 @@ def replace_status(api: kubernetes.client.ApiClient, body: dict, status: CanaryR
         raise
 
 
-def confirm_weight(api: kubernetes.client.ApiClient, body: dict, weight: int) -> None:
+def confirm_weight(api: kubernetes.client.ApiClient, body: dict, weight: int) -> dict:
     """Record the canary weight a route write just put in force: status tells what users get."""
-    kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+    return kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body["metadata"]["name"],
         {"status": {"canaryWeight": weight}})

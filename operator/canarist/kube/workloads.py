@@ -21,6 +21,7 @@ from kubernetes.client import ApiException
 from . import configtracking
 from .configcopies import ConfigCopies
 from .configtracking import TrackedObject
+from .objectcache import ObjectCache
 from .replicas import desired_replicas, handover_replicas
 
 REVISION_ANNOTATION = "canarist.dev/revision"
@@ -119,6 +120,9 @@ class Workloads:
     namespace: str
     target: str
     owner: dict[str, Any]  # ownerReference of the CanaryRelease
+    # Reads come from the watch-fed cache when there is one; `fresh` reads the API and refreshes it.
+    cache: ObjectCache = field(default_factory=ObjectCache)
+    fresh: bool = False
     _services: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -134,6 +138,9 @@ class Workloads:
         return kubernetes.client.CoreV1Api(self.api)
 
     def _read(self, name: str) -> dict | None:
+        return self.cache.get("Deployment", self.namespace, name, lambda: self._read_api(name), fresh=self.fresh)
+
+    def _read_api(self, name: str) -> dict | None:
         try:
             raw = self._apps.read_namespaced_deployment(name, self.namespace, _preload_content=False)
         except ApiException as exc:
@@ -141,6 +148,17 @@ class Workloads:
                 return None
             raise
         return json.loads(raw.data)
+
+    def _wrote(self, kind: str, result: Any) -> Any:
+        """Put a write's result into the cache (a dict, a raw response or a typed object); returns it."""
+        if hasattr(result, "data") and isinstance(getattr(result, "data"), (bytes, str)):
+            obj = json.loads(result.data)
+        elif isinstance(result, dict):
+            obj = result
+        else:
+            obj = self.api.sanitize_for_serialization(result)
+        self.cache.put(kind, obj)
+        return result
 
     def read_target(self) -> dict | None:
         return self._read(self.target)
@@ -186,12 +204,14 @@ class Workloads:
             for key in ("strategy", "minReadySeconds", "revisionHistoryLimit", "progressDeadlineSeconds"):
                 if key in target["spec"]:
                     body["spec"][key] = target["spec"][key]
-            self._apps.create_namespaced_deployment(self.namespace, body)
+            self._wrote("Deployment", self._apps.create_namespaced_deployment(self.namespace, body,
+                                                                              _preload_content=False))
             return
         existing["metadata"].setdefault("annotations", {})[REVISION_ANNOTATION] = revision
         existing["spec"]["template"] = template
         existing.pop("status", None)
-        self._apps.replace_namespaced_deployment(primary_name(self.target), self.namespace, existing)
+        self._wrote("Deployment", self._apps.replace_namespaced_deployment(
+            primary_name(self.target), self.namespace, existing, _preload_content=False))
 
     @staticmethod
     def revision_of(deployment: dict | None) -> str | None:
@@ -208,7 +228,7 @@ class Workloads:
 
 
         hpas = autoscaling.sync_primary_hpa(self.api, self.namespace, self.target, primary_name(self.target),
-                                            self.owner) if primary is not None else None
+                                            self.owner, self.cache, self.fresh) if primary is not None else None
         plan = desired_replicas(target["spec"].get("replicas"),
                                 primary["spec"].get("replicas") if primary is not None else None, up,
                                 hpa_min_replicas=hpas.min_replicas if hpas else None,
@@ -253,22 +273,31 @@ class Workloads:
         """The Service, or None; read once per tick (a Workloads lives for one tick), since the
         conflict check before deciding and the ensure after it look at the same two objects."""
         if name not in self._services:
-            try:
-                self._services[name] = self._core.read_namespaced_service(name, self.namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                self._services[name] = None
+            obj = self.cache.get("Service", self.namespace, name, lambda: self._read_service_api(name),
+                                 fresh=self.fresh)
+            self._services[name] = None if obj is None else self._typed(obj, "V1Service")
         return self._services[name]
+
+    def _read_service_api(self, name: str) -> dict | None:
+        try:
+            return json.loads(self._core.read_namespaced_service(name, self.namespace, _preload_content=False).data)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+
+    def _typed(self, obj: dict, klass: str) -> Any:
+        """A cached object as the client's model class, as the API would have returned it."""
+        return self.api._ApiClient__deserialize(obj, klass)  # the client's own JSON-to-model mapping
 
     def _ensure_service(self, name: str, selector: dict[str, str], port: int, target_port: int) -> None:
         wanted_ports = [{"name": "http", "port": port, "targetPort": target_port, "protocol": "TCP"}]
         existing = self._read_service(name)
         if existing is None:
-            self._core.create_namespaced_service(self.namespace, {
+            self._wrote("Service", self._core.create_namespaced_service(self.namespace, {
                 "metadata": {"name": name, "labels": dict(MANAGED_BY), "ownerReferences": [self.owner]},
                 "spec": {"selector": selector, "ports": wanted_ports},
-            })
+            }))
             return
         if self.owner["uid"] not in [o.uid for o in existing.metadata.owner_references or []]:
             if self._foreign(existing):
@@ -276,12 +305,12 @@ class Workloads:
             # Left behind by an earlier CanaryRelease of this target (deletion orphans the canary
             # Service on purpose): adopt it.
             existing.metadata.owner_references = [*(existing.metadata.owner_references or []), self.owner]
-            existing = self._core.replace_namespaced_service(name, self.namespace, existing)
+            existing = self._wrote("Service", self._core.replace_namespaced_service(name, self.namespace, existing))
         current_ports = [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol}
                          for p in existing.spec.ports or []]
         if existing.spec.selector != selector or current_ports != wanted_ports:
-            self._core.patch_namespaced_service(name, self.namespace,
-                                                {"spec": {"selector": selector, "ports": wanted_ports}})
+            self._wrote("Service", self._core.patch_namespaced_service(
+                name, self.namespace, {"spec": {"selector": selector, "ports": wanted_ports}}))
 
     def _foreign(self, service) -> bool:
         labels = service.metadata.labels or {}
@@ -332,7 +361,8 @@ class Workloads:
         if not any(o.uid == self.owner["uid"] for o in refs):
             return
         existing.metadata.owner_references = [o for o in refs if o.uid != self.owner["uid"]] or None
-        self._services[name] = self._core.replace_namespaced_service(name, self.namespace, existing)
+        self._services[name] = self._wrote("Service", self._core.replace_namespaced_service(name, self.namespace,
+                                                                                            existing))
 
     def release_primary(self) -> None:
         """Drop our ownerReference from the primary Deployment, so garbage collection leaves it serving."""
@@ -345,7 +375,8 @@ class Workloads:
         patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": primary["metadata"]["resourceVersion"]},
                  {"op": "replace", "path": "/metadata/ownerReferences",
                   "value": [o for o in refs if o.get("uid") != self.owner["uid"]]}]
-        self._apps.patch_namespaced_deployment(primary_name(self.target), self.namespace, patch)
+        self._wrote("Deployment", self._apps.patch_namespaced_deployment(primary_name(self.target), self.namespace,
+                                                                         patch, _preload_content=False))
 
     def adopt_primary(self, primary: dict) -> dict:
         """Own a primary left serving by an earlier CanaryRelease of this target (canarist's label,
@@ -356,7 +387,7 @@ class Workloads:
                   "path": "/metadata/ownerReferences", "value": [*refs, self.owner]}]
         raw = self._apps.patch_namespaced_deployment(primary_name(self.target), self.namespace, patch,
                                                      _preload_content=False)
-        return json.loads(raw.data)
+        return self._wrote("Deployment", json.loads(raw.data))
 
     @staticmethod
     def orphaned(obj_meta: dict) -> bool:
@@ -379,7 +410,8 @@ class Workloads:
         wanted = primary_labels(self.selector(target))
         if APEX_SELECTOR_ANNOTATION in annotations:
             if service.spec.selector != wanted:
-                self._core.patch_namespaced_service(self.target, self.namespace, {"spec": {"selector": wanted}})
+                self._wrote("Service", self._core.patch_namespaced_service(self.target, self.namespace,
+                                                                           {"spec": {"selector": wanted}}))
             return
         pod_labels = (target["spec"]["template"].get("metadata") or {}).get("labels") or {}
         if not adopt or not selects(service.spec.selector, pod_labels):
@@ -389,8 +421,8 @@ class Workloads:
                  {"op": "add" if service.metadata.annotations else "replace", "path": "/metadata/annotations",
                   "value": {**annotations, APEX_SELECTOR_ANNOTATION: json.dumps(service.spec.selector, sort_keys=True)}},
                  {"op": "replace", "path": "/spec/selector", "value": wanted}]
-        self._services[self.target] = self._core.patch_namespaced_service(
-            self.target, self.namespace, patch)
+        self._services[self.target] = self._wrote("Service", self._core.patch_namespaced_service(
+            self.target, self.namespace, patch))
 
     def restore_apex(self) -> bool:
         """Give the Service named after the target its own selector back; True if it was ours."""
@@ -403,8 +435,8 @@ class Workloads:
         patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": service.metadata.resource_version},
                  {"op": "replace", "path": "/metadata/annotations", "value": rest},
                  {"op": "replace", "path": "/spec/selector", "value": original}]
-        self._services[self.target] = self._core.patch_namespaced_service(
-            self.target, self.namespace, patch)
+        self._services[self.target] = self._wrote("Service", self._core.patch_namespaced_service(
+            self.target, self.namespace, patch))
         return True
 
     def bypasses(self, target: dict, adopt_apex: bool) -> list[str]:
@@ -413,12 +445,14 @@ class Workloads:
         pod_labels = (target["spec"]["template"].get("metadata") or {}).get("labels") or {}
         ours = {canary_service_name(self.target), primary_name(self.target)}
         found = []
-        for service in self._core.list_namespaced_service(self.namespace).items:
-            name = service.metadata.name
-            annotations = service.metadata.annotations or {}
+        services = self.cache.list("Service", self.namespace, lambda: json.loads(self._core.list_namespaced_service(
+            self.namespace, _preload_content=False).data)["items"], fresh=self.fresh)
+        for service in services:
+            name = service["metadata"]["name"]
+            annotations = service["metadata"].get("annotations") or {}
             if name in ours or APEX_SELECTOR_ANNOTATION in annotations or (name == self.target and adopt_apex):
                 continue
-            if selects(service.spec.selector, pod_labels):
+            if selects((service.get("spec") or {}).get("selector"), pod_labels):
                 found.append(name)
         if not found:
             return []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class RoutingError(Exception):
@@ -21,6 +22,24 @@ class RouteConflict(RoutingError):
     """An object canarist would manage exists and belongs to someone else; canarist leaves it alone."""
 
 
+class CohortRule(NamedTuple):
+    """One cohort's rule: its name, its match conditions (HTTPRouteMatch-shaped: headers,
+    queryParams; ORed) and the canary's weight in it."""
+
+    name: str
+    matches: tuple[dict, ...]
+    canary_weight: int
+
+
+class RouteState(NamedTuple):
+    """The route as read: the default rule's weights, the mirrored percent, each cohort rule's canary weight."""
+
+    primary: int
+    canary: int
+    mirror: int
+    cohorts: tuple[tuple[str, int], ...] = ()
+
+
 @runtime_checkable
 class TrafficRouter(Protocol):
     """Splits one release's traffic between its primary and canary Services.
@@ -29,14 +48,20 @@ class TrafficRouter(Protocol):
     handlers call them on each tick and after restarts.
     """
 
-    def ensure(self, primary_weight: int, canary_weight: int, mirror: int = 0) -> None:
+    def ensure(self, primary_weight: int, canary_weight: int, mirror: int = 0,
+               cohorts: Sequence[CohortRule] = ()) -> None:
         """Create or update the route with these weights, mirroring `mirror` percent of the requests to
-        the canary (0: none); cheap when nothing changes. Raises RoutingError rather than write a
-        mirror the data plane cannot carry."""
+        the canary (0: none), each cohort in a rule of its own; makes no API request when nothing
+        changes. Raises RoutingError rather than write a mirror the data plane cannot carry."""
         ...
 
-    def get_route(self) -> tuple[int, int, int] | None:
-        """(primary, canary, mirrored percent) as the cluster has them now; None when there is no route."""
+    def get_route(self) -> RouteState | None:
+        """The route as the cluster has it now; None when there is no route."""
+        ...
+
+    def reweight(self, primary_weight: int, canary_weight: int) -> bool:
+        """Move the weights of the route in force, leaving the rest as it is (the way back to the
+        primary when the route built from the spec is refused); False when there is no route."""
         ...
 
     def mirror_problem(self) -> str | None:

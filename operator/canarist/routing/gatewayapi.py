@@ -26,8 +26,10 @@ import kubernetes
 from kubernetes.client import ApiException
 
 from canarist.api.spec import COHORT_HEADER
+from canarist.kube.objectcache import ObjectCache
 
-from .base import RouteConflict, RouteNotAccepted, RoutingError, RoutingUnavailable, validate_weights
+from .base import (CohortRule, RouteConflict, RouteNotAccepted, RouteState, RoutingError, RoutingUnavailable,
+                   validate_weights)
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +50,6 @@ MIRROR_FEATURE = "HTTPRouteRequestMirror"
 MIRROR_FIELD = "spec.shadow.mirror"
 
 
-class CohortRule(NamedTuple):
-    """One cohort's rule: its name, its HTTPRouteMatch conditions (headers, queryParams; ORed) and the
-    canary's weight in it."""
-
-    name: str
-    matches: tuple[dict, ...]
-    canary_weight: int
-
-
-class RouteState(NamedTuple):
-    """The route as read: the default rule's weights, the mirrored percent, each cohort rule's canary weight."""
-
-    primary: int
-    canary: int
-    mirror: int
-    cohorts: tuple[tuple[str, int], ...] = ()
 
 
 def _combine(route_matches: Sequence[Mapping[str, Any]] | None, cohort_matches: Sequence[Mapping[str, Any]]) -> list:
@@ -267,9 +253,11 @@ class GatewayAPIRouter:
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, name: str, owner: dict,
                  parent_refs: list[dict] | None, hostnames: list[str] | None, matches: list[dict] | None,
-                 port: int | None, primary_service: str, canary_service: str) -> None:
+                 port: int | None, primary_service: str, canary_service: str, cache: ObjectCache | None = None,
+                 fresh: bool = False) -> None:
         """parent_refs, hostnames and port come from a valid spec; without them (an invalid spec)
-        the router can still move weights on the existing route (reweight) and release it."""
+        the router can still move weights on the existing route (reweight) and release it. Reads
+        come from the watch-fed `cache` when there is one (`fresh`: from the API, refreshing it)."""
         if not owner.get("uid"):
             raise ValueError("owner must be an ownerReference with a uid")
         if primary_service == canary_service:
@@ -284,6 +272,8 @@ class GatewayAPIRouter:
         self.port = port
         self.primary_service = primary_service
         self.canary_service = canary_service
+        self.cache = cache if cache is not None else ObjectCache()
+        self.fresh = fresh
 
     # -- TrafficRouter -------------------------------------------------------------------------
 
@@ -503,6 +493,9 @@ class GatewayAPIRouter:
         return self._replace(updated)
 
     def _get(self) -> dict | None:
+        return self.cache.get(KIND, self.namespace, self.name, self._get_api, fresh=self.fresh)
+
+    def _get_api(self) -> dict | None:
         try:
             return self._custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
         except ApiException as exc:
@@ -511,29 +504,36 @@ class GatewayAPIRouter:
             _raise_if_type_missing(exc)
             raise
 
+    def _conflicted(self) -> bool:
+        """A write found the route changed: read it from the API until this router is done."""
+        self.fresh = True
+        return False
+
     def _create(self, body: dict) -> bool:
         """False when a route of that name appeared meanwhile (retry)."""
         try:
-            self._custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body,
-                                                         field_manager=FIELD_MANAGER)
+            created = self._custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body,
+                                                                   field_manager=FIELD_MANAGER)
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return self._conflicted()
             _raise_if_type_missing(exc)
             raise
+        self.cache.put(KIND, created)
         log.info("created HTTPRoute %s", self._ref)
         return True
 
     def _replace(self, body: dict) -> bool:
         """False on a stale resourceVersion or a route deleted meanwhile (retry)."""
         try:
-            self._custom.replace_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, body,
-                                                          field_manager=FIELD_MANAGER)
+            replaced = self._custom.replace_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                                     self.name, body, field_manager=FIELD_MANAGER)
         except ApiException as exc:
             if exc.status == 409 or is_missing_object(exc):
-                return False
+                return self._conflicted()
             _raise_if_type_missing(exc)
             raise
+        self.cache.put(KIND, replaced)
         log.info("updated HTTPRoute %s", self._ref)
         return True
 
@@ -546,11 +546,13 @@ class GatewayAPIRouter:
                                                          body=options)
         except ApiException as exc:
             if is_missing_object(exc):
+                self.cache.forget(KIND, self.namespace, self.name)
                 return True
             if exc.status == 409:
-                return False
+                return self._conflicted()
             _raise_if_type_missing(exc)
             raise
+        self.cache.forget(KIND, self.namespace, self.name)
         log.info("deleted HTTPRoute %s", self._ref)
         return True
 

@@ -1,0 +1,132 @@
+"""The objects a tick reads, as the watch last reported them (issue 15: watch, don't poll).
+
+Every release reads its target and primary Deployments, its Services, its HTTPRoute, the HPAs of
+its namespace and itself on every tick. Read from the API, that is about seven requests per
+release per tick; the operator instead watches these kinds in the namespaces it serves
+(`canarist.handlers.watches`, kopf index handlers) and each event updates this cache, so a tick
+that finds nothing to change makes no API request.
+
+- A kind is `watched` once its watch feeds the cache. kopf runs no other handler, and so no tick,
+  before every indexed kind's initial listing is in: an object of a watched kind that is not here
+  does not exist. Kinds not watched (the tick run outside the operator, in tests) are read from
+  the API every time.
+- The operator's own writes go in at once (`put`), so its next tick does not act again on what it
+  has just replaced. Entries never go back in time: the higher resourceVersion wins, and a
+  deletion removes only the incarnation (uid) it reports.
+- A write refused as a conflict (409) reads the object fresh from the API, which refreshes it.
+- `resync` reads bypass the cache and refresh it: a watch can miss a deletion while it reconnects,
+  so each release reads fresh now and then (`canarist.handlers.scheduler`).
+
+Objects are kept without `metadata.managedFields`, which can be most of an object's size, and
+handed out as copies: callers edit what they read before writing it back.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+Reader = Callable[[], "dict | None"]  # the API read behind a cache miss: the object, or None if absent
+
+
+def _version(obj: dict | None) -> int | None:
+    value = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _uid(obj: dict | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("uid")
+
+
+def _slim(obj: dict) -> dict:
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+@dataclass
+class ObjectCache:
+    watched: set[str] = field(default_factory=set)  # kinds a watch feeds (see the module docstring)
+    clock: Callable[[], float] = time.monotonic
+    _entries: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    api_reads: int = 0  # reads that went to the API (for tests and the operator's metrics)
+
+    @staticmethod
+    def _key(kind: str, obj: dict) -> tuple[str, str, str]:
+        meta = obj.get("metadata") or {}
+        return kind, meta.get("namespace") or "", meta.get("name") or ""
+
+    def watch(self, kind: str) -> None:
+        self.watched.add(kind)
+
+    def on_event(self, kind: str, event_type: str | None, body: dict) -> None:
+        """A watch event: ADDED, MODIFIED, DELETED, or None for the initial listing."""
+        key = self._key(kind, body)
+        with self._lock:
+            current = self._entries.get(key)
+            if event_type == "DELETED":
+                if current is None or _uid(current) in (None, _uid(body)):
+                    self._entries.pop(key, None)
+                return
+            if not _newer(current, body):
+                self._entries[key] = _slim(body)
+
+    def get(self, kind: str, namespace: str, name: str, read: Reader, *, fresh: bool = False) -> dict | None:
+        """The object (None: it does not exist): from the cache if its kind is watched, else `read()`."""
+        key = (kind, namespace, name)
+        if kind in self.watched and not fresh:
+            with self._lock:
+                return copy.deepcopy(self._entries.get(key))  # callers edit what they read
+        obj = read()
+        with self._lock:
+            self.api_reads += 1
+            if kind in self.watched:
+                if obj is None:
+                    self._entries.pop(key, None)
+                elif not _newer(self._entries.get(key), obj):
+                    self._entries[key] = _slim(obj)
+        return obj
+
+    def list(self, kind: str, namespace: str, read: Callable[[], list[dict]], *, fresh: bool = False) -> list[dict]:
+        """Every object of a kind in a namespace: from the cache if the kind is watched, else `read()`."""
+        if kind in self.watched and not fresh:
+            with self._lock:
+                return copy.deepcopy([obj for (k, ns, _), obj in self._entries.items() if k == kind and ns == namespace])
+        self.api_reads += 1
+        return read()
+
+    def put(self, kind: str, obj: dict) -> None:
+        """Our own write's result (the object the API returned)."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+            return  # nothing to go by (a write answered without the object)
+        key = self._key(kind, obj)
+        with self._lock:
+            if not _newer(self._entries.get(key), obj):
+                self._entries[key] = _slim(obj)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """We deleted it: drop it. A watched kind then reads as absent until the watch reports it
+        again, so after a conflict read it fresh instead (`get(..., fresh=True)`)."""
+        with self._lock:
+            self._entries.pop((kind, namespace, name), None)
+
+    def sizes(self) -> dict[str, int]:
+        """Objects held per kind."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for kind, _, _ in self._entries:
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+def _newer(held: dict | None, incoming: dict) -> bool:
+    """`held` is a later state of the same object than `incoming`."""
+    if held is None or _uid(held) != _uid(incoming):
+        return False
+    a, b = _version(held), _version(incoming)
+    return a is not None and b is not None and a > b

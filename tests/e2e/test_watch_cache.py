@@ -1,0 +1,86 @@
+"""Watch, don't poll: with its caches fed the way the operator's watches feed them, a tick that
+finds nothing to change makes no API request, and a change is acted on from the cache."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from canarist.analysis.gates import GateClients
+from canarist.devstack.procs import wait_until
+from canarist.handlers.tick import OperatorContext, run_tick
+from canarist.handlers.watches import WATCHED
+from canarist.kube.client import BoundedApiClient
+
+from .harness import canary_release, deployment
+
+pytestmark = pytest.mark.cluster
+
+
+class CountingClient(BoundedApiClient):
+    """The operator's client, counting the requests it sends."""
+
+    def __init__(self, configuration):
+        super().__init__(configuration)
+        self.requests: list[tuple[str, str]] = []
+
+    def call_api(self, method, url, *args, **kwargs):
+        self.requests.append((method, url.split("?")[0].split("/namespaces/")[-1]))
+        return super().call_api(method, url, *args, **kwargs)
+
+
+def listing(client, namespace: str) -> list[tuple[str, dict]]:
+    """Every object of the watched kinds in the namespace, as a watch's initial listing delivers them."""
+    found = []
+    for kind, (group, version, plural) in WATCHED.items():
+        path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+        raw = client.call_api("GET", f"{client.configuration.host}{path}/namespaces/{namespace}/{plural}")
+        raw.read()
+        found += [(kind, item) for item in json.loads(raw.data)["items"]]
+    return found
+
+
+def test_an_idle_tick_makes_no_api_request_and_a_change_is_seen_from_the_cache(stack, cluster, kube_client):
+    counting = CountingClient(kube_client.configuration)
+    ctx = OperatorContext(api=counting, gates=GateClients(default_prometheus=stack.prometheus.url))
+    cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1"))
+    cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
+                                                   canary_release("web", "web"))
+
+    def tick() -> None:
+        run_tick(ctx, cluster.namespace, "web", datetime.now(timezone.utc))
+
+    def fed_tick() -> None:
+        # What the operator's watches would have delivered by now.
+        for kind, body in listing(kube_client, cluster.namespace):
+            ctx.objects.on_event(kind, None, body)
+        tick()
+
+    wait_until(lambda: (tick(), cluster.status("web").get("phase") == "Idle")[1], 60, "Idle", interval=0.3)
+    for kind in WATCHED:
+        ctx.objects.watch(kind)
+    fed_tick()  # the cache now holds what the API holds
+
+    counting.requests.clear()
+    for _ in range(5):
+        tick()
+    assert counting.requests == [], f"an idle tick sent {counting.requests}"
+    assert cluster.status("web")["phase"] == "Idle"
+
+    # Without the cache (every kind read from the API) the same idle tick costs requests.
+    ctx.objects.watched.clear()
+    counting.requests.clear()
+    tick()
+    uncached = list(counting.requests)
+    assert len(uncached) >= 5, uncached
+    print(f"\nidle tick, without the cache: {len(uncached)} requests {sorted(set(u for _, u in uncached))}")
+    for kind in WATCHED:
+        ctx.objects.watch(kind)
+
+    # A new revision reaches the tick through the cache: the rollout starts.
+    cluster.set_image("web", "registry.test/web:v2")
+    wait_until(lambda: (fed_tick(), cluster.status("web").get("phase") == "Progressing")[1], 60, "Progressing",
+               interval=0.3)
+    assert any(method != "GET" for method, _ in counting.requests), "the rollout's writes went out"

@@ -26,11 +26,25 @@ from .procs import pid_alive, stop_process_group, wait_until
 K8S_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 PROCESS_ANNOTATION = "devstack.canarist.dev/process"  # a pod the stack backs with a local process
 POD_RANGE_PREFIX = "10.244"  # nodes get 10.244.N.0/24; hack/in-netns.sh makes 10.244.0.0/16 local
+# kube-apiserver's own default is 10.0.0.0/24: about 250 Services, an eighth of what 1,000 releases
+# need (two Services each, bench/scale.py). A /16 of its own, apart from the pod range above and from
+# 10.255.0.1, the namespace's address (hack/in-netns.sh); nothing routes to ClusterIPs here (no
+# kube-proxy: the gateway sends to EndpointSlices' pod IPs), so only the apiserver allocates from it.
+SERVICE_RANGE = "10.96.0.0/16"
+# Pods one simulated node takes: kwok hands out pod IPs from the node's /24 without looking at its
+# end (a 257th pod would get the next node's first address), so a node holds no more than its range.
+NODE_PODS = 250
+
+
+def nodes_for(pods: int) -> int:
+    """Simulated nodes that hold `pods` pods (at least the stack's usual two)."""
+    return max(2, -(-pods // NODE_PODS))
 
 
 def node_manifest(name: str, pod_cidr: str) -> dict:
-    """A Node kwok manages (the annotation kwokctl's controller selects) with room for many pods."""
-    capacity = {"cpu": "64", "memory": "256Gi", "pods": "500"}
+    """A Node kwok manages (the annotation kwokctl's controller selects) with room for as many pods as
+    its pod range has addresses (NODE_PODS)."""
+    capacity = {"cpu": "64", "memory": "256Gi", "pods": str(NODE_PODS)}
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
@@ -52,6 +66,8 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+        if not 1 <= self.nodes <= 256:  # node i's pods are 10.244.i.0/24
+            raise ValueError(f"nodes must be 1..256, not {self.nodes}")
         self.kubeconfig = self.workdir / "kubeconfig"
 
     # kwokctl keeps each cluster under $KWOK_WORKDIR/clusters/<name>.
@@ -103,6 +119,8 @@ class LocalCluster:
                 "kubeAdmission": True,
                 "disableQPSLimits": True,
             },
+            "componentsPatches": [{"name": "kube-apiserver", "extraArgs": [
+                {"key": "service-cluster-ip-range", "value": SERVICE_RANGE}]}],
         }
         # Pods whose process the stack runs (devstack.podprocs) get their status from that runner
         # (IP, readiness from the process), never from kwok.

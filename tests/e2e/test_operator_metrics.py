@@ -174,8 +174,8 @@ def test_dashboard_and_alerts_show_a_rollback_and_a_promotion(stack, cluster, me
 
     # A real API error: the operator's status writes are refused while its Role lacks them.
     with StatusWritesRevoked(kube_client, cluster.namespace):
-        wait_until(lambda: (value(prom, f"sum(canarist_api_errors_total{{{sel}}})") or 0) >= 1, 60,
-                   "an API error counted by the operator")
+        wait_until(lambda: (value(prom, f'sum(canarist_api_errors_total{{{sel},code="403"}})') or 0) >= 1, 60,
+                   "a refused status write counted by the operator")
     assert query(prom, f'canarist_api_errors_total{{{sel},code="403"}}'), query(prom, f"canarist_api_errors_total{{{sel}}}")
 
     # Mid-rollout (a release Progressing, one rolled back before): every panel and every alert has data.

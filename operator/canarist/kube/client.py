@@ -63,15 +63,16 @@ class BoundedApiClient(kubernetes.client.ApiClient):
         if self.limit is not None:
             self.limit.take()
         try:
-            return super().call_api(method, url, header_params=header_params, body=body, post_params=post_params,
-                                    _request_timeout=_request_timeout or self.timeout, **kwargs)
-        except kubernetes.client.ApiException as exc:
-            if not (exc.status == 404 and method == "GET"):  # reading what is not there is no error
-                record_api_error(resource_of(url), method.lower(), exc.status or "none")
+            response = super().call_api(method, url, header_params=header_params, body=body,
+                                        post_params=post_params, _request_timeout=_request_timeout or self.timeout,
+                                        **kwargs)
+        except Exception as exc:  # no answer (the client raises its HTTP errors after this returns)
+            record_api_error(resource_of(url), method.lower(), getattr(exc, "status", None) or type(exc).__name__)
             raise
-        except Exception as exc:
-            record_api_error(resource_of(url), method.lower(), type(exc).__name__)
-            raise
+        status = getattr(response, "status", 200)
+        if isinstance(status, int) and not 200 <= status <= 299 and not (status == 404 and method == "GET"):
+            record_api_error(resource_of(url), method.lower(), status)  # reading what is not there is no error
+        return response
 
 
 def resource_of(url: str) -> str:

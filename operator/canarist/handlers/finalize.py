@@ -70,8 +70,11 @@ class _Finalizer:
                  now: datetime) -> None:
         self.ctx, self.body, self.target, self.now = ctx, body, target, now
         self.namespace = body["metadata"]["namespace"]
-        self.workloads = Workloads(ctx.api, self.namespace, target, owner_reference(body))
-        self.router = router_for(ctx, body, spec, target)
+        # Deletion reads the API itself (the caches may lag a write it depends on) and keeps the
+        # caches up to date with what it writes.
+        self.workloads = Workloads(ctx.api, self.namespace, target, owner_reference(body), cache=ctx.objects,
+                                   fresh=True)
+        self.router = router_for(ctx, body, spec, target, fresh=True)
 
     def run(self) -> str:
         target, primary = self.workloads.read_target(), self.workloads.read_primary()

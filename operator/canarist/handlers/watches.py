@@ -108,8 +108,12 @@ def register(on_change: Callable[[str, str | None, dict], None], kinds: Iterable
             on_change(kind, None, copy.deepcopy(dict(body)))
 
         def deleted(event: dict, kind: str = kind, **_) -> None:
-            if event.get("type") == "DELETED":
-                on_change(kind, "DELETED", event["object"])
+            on_change(kind, "DELETED", event["object"])
 
         kopf.index(group, version, plural, id=f"cache-{plural}")(indexed)
-        kopf.on.event(group, version, plural, id=f"deleted-{plural}")(deleted)
+        # Filtered before kopf invokes (and logs) the handler: most events are not deletions.
+        kopf.on.event(group, version, plural, id=f"deleted-{plural}", when=_is_deletion)(deleted)
+
+
+def _is_deletion(type: str | None = None, **_) -> bool:  # noqa: A002 - kopf's keyword
+    return type == "DELETED"

@@ -4,7 +4,7 @@ The generated client waits forever by default. A half-open connection (a dead pe
 forgot the flow) would then pin a tick and its worker thread forever and freeze that release's
 timer, so every call gets a connect and a read timeout unless the caller sets its own.
 
-A client-side rate limit (a token bucket, like client-go's: CANARIST_API_QPS, CANARIST_API_BURST)
+A client-side rate limit (a token bucket, like client-go's: CANARIST_API_QPS 50, CANARIST_API_BURST 100)
 keeps a burst of work (a restart with a thousand releases) from reaching the API server's
 priority-and-fairness limits, whose 429s would hold up every release.
 """
@@ -47,8 +47,8 @@ class TokenBucket:
 
 
 def _bucket_from_env() -> TokenBucket | None:
-    qps = float(os.environ.get("CANARIST_API_QPS", "20"))
-    return TokenBucket(qps, int(os.environ.get("CANARIST_API_BURST", "40"))) if qps > 0 else None
+    qps = float(os.environ.get("CANARIST_API_QPS", "50"))
+    return TokenBucket(qps, int(os.environ.get("CANARIST_API_BURST", "100"))) if qps > 0 else None
 
 
 class BoundedApiClient(kubernetes.client.ApiClient):
@@ -89,7 +89,7 @@ def resource_of(url: str) -> str:
 
 def load_client(timeout: tuple[float, float] = DEFAULT_TIMEOUT, limit: TokenBucket | None = None) -> BoundedApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG). `limit`: the
-    rate limit (None: CANARIST_API_QPS and CANARIST_API_BURST, 20 and 40 by default)."""
+    rate limit (None: CANARIST_API_QPS and CANARIST_API_BURST, 50 and 100 by default)."""
     configuration = kubernetes.client.Configuration()
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)

@@ -42,6 +42,8 @@ def _uid(obj: dict | None) -> str | None:
 
 
 def _slim(obj: dict) -> dict:
+    """Without managedFields, which no tick reads and can be most of an object's size. (Annotations
+    stay whole: some are written back, and kubectl's last-applied copy must survive that.)"""
     meta = obj.get("metadata") or {}
     if "managedFields" not in meta:
         return obj

@@ -80,8 +80,13 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> N
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
-    settings.networking.connect_timeout = 10
+    # A request waits for one of kopf's connections within the connect timeout: the initial listing
+    # of a big cluster (a thousand releases, each getting its finalizer) queues that many at once.
+    settings.networking.connect_timeout = 30
     settings.networking.request_timeout = 30
+    # kopf keeps a worker per object for a while after its last event; no worker limit: workers
+    # wait for every kind's initial listing, and a limit below the objects' number never gets there.
+    settings.queueing.idle_timeout = 1.0
     ctx = context()
     served = watches.served_kinds(ctx.api)
     for kind in served:

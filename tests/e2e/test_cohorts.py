@@ -32,19 +32,23 @@ def within(count: int, n: int, share: float, sigmas: float = 4.0) -> bool:
     return abs(count - n * share) <= sigmas * math.sqrt(n * share * (1 - share)) + 1
 
 
-def start(cluster, release: dict, args: str = "") -> None:
+def start(stack, cluster, release: dict, hostname: str, args: str = "") -> None:
     cluster.apps.create_namespaced_deployment(cluster.namespace, deployment("web", "registry.test/web:v1",
                                                                             process=True, args=args))
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
                                                    release)
     cluster.wait_phase("web", "Idle", 90)
+    # The route canarist wrote is in the gateway's configuration once the primary's pods answer
+    # through it (Traefik loads a new route a moment after it is written).
+    with GatewayTraffic(stack.gateway.url, hostname, rps=20) as probe:
+        wait_until(lambda: probe.served()["web-primary"] >= 3, 60, "answers from the primary's pods")
 
 
 def test_a_cohort_gets_its_factor_of_the_step_where_its_requests_land(stack, cluster, operator, hostname, pods):
     release = canary_release("web", "web", hostname=hostname, interval="10m")  # no check: step 1 stays
     release["spec"]["steps"] = [1, 100]
     release["spec"]["cohorts"] = [{"name": "de", "matches": [{"headers": [GERMAN]}], "factor": 5}]
-    start(cluster, release)
+    start(stack, cluster, release, hostname)
     cluster.set_image("web", "registry.test/web:v2")
 
     def at_first_step():
@@ -87,7 +91,7 @@ def test_a_canary_bad_in_one_language_is_rolled_back_by_that_cohort_while_all_tr
     # Each step holds until 8 German answers are judged: few Germans reach the canary, and a step of
     # all traffic passes within seconds.
     release["spec"]["cohorts"] = [{"name": "de", "matches": [{"headers": [GERMAN]}], "factor": 2, "minSamples": 8}]
-    start(cluster, release, reporting)
+    start(stack, cluster, release, hostname, reporting)
     mix = [("de", {"Accept-Language": "de"}, 0.05), ("en", {"Accept-Language": "en-GB,en;q=0.9"}, 0.95)]
     with GatewayTraffic(stack.gateway.url, hostname, rps=40, questions=arithmetic_questions(10_000), in_order=True,
                         mix=mix) as traffic:
@@ -121,7 +125,7 @@ def test_overlapping_cohorts_are_named_in_a_condition_and_the_stable_version_kee
     release["spec"]["cohorts"] = [
         {"name": "de", "matches": [{"headers": [GERMAN]}], "factor": 5},
         {"name": "ios", "matches": [{"headers": [{"name": "X-Client", "value": "ios"}]}], "factor": 2}]
-    start(cluster, release)
+    start(stack, cluster, release, hostname)
     released = time.time()
     cluster.set_image("web", "registry.test/web:v2")
 

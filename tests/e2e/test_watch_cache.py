@@ -11,7 +11,7 @@ import pytest
 from canarist.analysis.gates import GateClients
 from canarist.devstack.procs import wait_until
 from canarist.handlers.tick import OperatorContext, run_tick
-from canarist.handlers.watches import WATCHED
+from canarist.handlers.watches import WATCHED, list_objects
 from canarist.kube.client import BoundedApiClient
 
 from .harness import canary_release, deployment
@@ -61,7 +61,10 @@ def test_an_idle_tick_makes_no_api_request_and_a_change_is_seen_from_the_cache(s
     wait_until(lambda: (tick(), cluster.status("web").get("phase") == "Idle")[1], 60, "Idle", interval=0.3)
     for kind in WATCHED:
         ctx.objects.watch(kind)
-    fed_tick()  # the cache now holds what the API holds
+    ctx.objects.lister = lambda kind, namespace: list_objects(counting, kind, namespace)
+    counting.requests.clear()
+    tick()  # the first read of each kind in the namespace lists it, once
+    assert sorted(method for method, _ in counting.requests if method == "GET") == ["GET"] * 5, counting.requests
 
     counting.requests.clear()
     for _ in range(5):

@@ -91,6 +91,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> N
     served = watches.served_kinds(ctx.api)
     for kind in served:
         ctx.objects.watch(kind)
+    ctx.objects.lister = lambda kind, namespace: watches.list_objects(ctx.api, kind, namespace)
     missing = sorted(set(watches.WATCHED) - served)
     if missing:
         logger.info("not served by this cluster, read from the API when needed: %s", ", ".join(missing))

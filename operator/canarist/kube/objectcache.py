@@ -6,10 +6,10 @@ release per tick; the operator instead watches these kinds in the namespaces it 
 (`canarist.handlers.watches`, kopf index handlers) and each event updates this cache, so a tick
 that finds nothing to change makes no API request.
 
-- A kind is `watched` once its watch feeds the cache. kopf runs no other handler, and so no tick,
-  before every indexed kind's initial listing is in: an object of a watched kind that is not here
-  does not exist. Kinds not watched (the tick run outside the operator, in tests) are read from
-  the API every time.
+- A kind is `watched` once a watch feeds the cache. The first read of a watched kind in a
+  namespace lists that namespace's objects of the kind (`lister`), once; from then on the watch
+  keeps them, and an object that is not here does not exist. Kinds not watched (the tick run
+  outside the operator, in tests) are read from the API every time.
 - The operator's own writes go in at once (`put`), so its next tick does not act again on what it
   has just replaced. Entries never go back in time: the higher resourceVersion wins, and a
   deletion removes only the incarnation (uid) it reports.
@@ -53,6 +53,10 @@ def _slim(obj: dict) -> dict:
 @dataclass
 class ObjectCache:
     watched: set[str] = field(default_factory=set)  # kinds a watch feeds (see the module docstring)
+    # (kind, namespace) -> every object of that kind there, from the API: a namespace's first read
+    lister: Callable[[str, str], list[dict]] | None = None
+    _synced: set[tuple[str, str]] = field(default_factory=set)
+    _sync_lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.monotonic
     _entries: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -82,6 +86,7 @@ class ObjectCache:
         """The object (None: it does not exist): from the cache if its kind is watched, else `read()`."""
         key = (kind, namespace, name)
         if kind in self.watched and not fresh:
+            self._sync(kind, namespace)
             with self._lock:
                 return copy.deepcopy(self._entries.get(key))  # callers edit what they read
         obj = read()
@@ -97,10 +102,27 @@ class ObjectCache:
     def list(self, kind: str, namespace: str, read: Callable[[], list[dict]], *, fresh: bool = False) -> list[dict]:
         """Every object of a kind in a namespace: from the cache if the kind is watched, else `read()`."""
         if kind in self.watched and not fresh:
+            self._sync(kind, namespace)
             with self._lock:
                 return copy.deepcopy([obj for (k, ns, _), obj in self._entries.items() if k == kind and ns == namespace])
         self.api_reads += 1
         return read()
+
+    def _sync(self, kind: str, namespace: str) -> None:
+        """List a namespace's objects of a kind into the cache, the first time it is read."""
+        if self.lister is None or (kind, namespace) in self._synced:
+            return
+        with self._sync_lock:
+            if (kind, namespace) in self._synced:
+                return
+            objects = self.lister(kind, namespace)
+            with self._lock:
+                self.api_reads += 1
+                for obj in objects:
+                    key = self._key(kind, obj)
+                    if not _newer(self._entries.get(key), obj):
+                        self._entries[key] = _slim(obj)
+                self._synced.add((kind, namespace))
 
     def put(self, kind: str, obj: dict) -> None:
         """Our own write's result (the object the API returned)."""

@@ -39,7 +39,7 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "create", "update", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "update", "delete"},
 }
 # Read-only and cluster-wide, for kopf's own observation of the cluster (rbac.discovery).
 DISCOVERY_RULES_ALL_NAMESPACES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},

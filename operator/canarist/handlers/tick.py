@@ -190,16 +190,18 @@ def _invalid_spec(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus,
     updated = status.model_copy(deep=True)
     updated.message = f"invalid spec: {message}"
     target = raw_target_name(body)
+    back = "; all traffic is back on the primary, and the steps restart from the first once the spec is fixed"
     if status.phase in ROLLOUT_PHASES and (status.step_weight > 0 or status.canary_weight > 0
                                            or in_shadow(status)) and target:
         updated.blocked_since = updated.blocked_since or now
         try:
             router_for(ctx, body, None, target).reweight(100, 0)  # no route: nobody is routed to the canary
             updated.step_weight = updated.canary_weight = 0
-            updated.message += ("; all traffic is back on the primary, and the steps restart from the first "
-                                "once the spec is fixed")
+            updated.message += back
         except Exception as exc:  # noqa: BLE001 - reported in status, retried next tick
             updated.message += f"; could not send the canary's users back to the primary yet: {exc}"
+    elif status.phase in ROLLOUT_PHASES and status.blocked_since is not None:
+        updated.message += back  # said again on later ticks: it is still so
     updated.observed_generation = generation
     updated.conditions = set_condition(updated.conditions, "Ready", False, "InvalidSpec", message, now, generation)
     if updated != status:

@@ -85,10 +85,6 @@ class GateRunner:
             self._running.pop(key, None)
             self._done.pop(key, None)
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._running)
-
     def _finish(self, key: Hashable, future: Future, step: Hashable, started: float) -> None:
         with self._lock:
             current = self._running.get(key)

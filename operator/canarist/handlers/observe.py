@@ -16,7 +16,8 @@ from canarist.api.spec import Analysis, CanaryReleaseSpec
 from canarist.api.status import CanaryReleaseStatus, Check, Evidence, Phase, TrackedConfig
 from canarist.engine import World, active_analysis, analysis_due, comparisons_due, in_shadow
 from canarist.kube.configtracking import TrackedObject, name_problems, references, revision_of_target
-from canarist.kube.workloads import Workloads, availability, canary_service_name, is_ready, primary_name, template_hash
+from canarist.kube.workloads import (WorkloadProblem, Workloads, availability, canary_service_name, is_ready,
+                                     primary_name, template_hash)
 from canarist.routing import RoutingError, RoutingUnavailable, TrafficRouter, router_for
 
 from .context import OperatorContext
@@ -80,7 +81,7 @@ def observe(ctx: OperatorContext, body: dict, spec: CanaryReleaseSpec, status: C
     else:
         try:
             workloads.selector(target)
-        except Exception as exc:  # noqa: BLE001 - WorkloadProblem names the fix
+        except WorkloadProblem as exc:  # names the fix
             problems.append(str(exc))
         problems += workloads.service_problems()
         tracked, missing = tracked_config(ctx, namespace, target)

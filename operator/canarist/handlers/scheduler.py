@@ -86,12 +86,6 @@ class Scheduler:
         with self._cond:
             return key in self._due or key in self._running
 
-    def backlog(self) -> int:
-        """Releases due now and not yet started."""
-        now = self.clock()
-        with self._cond:
-            return sum(1 for at in self._due.values() if at <= now)
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:

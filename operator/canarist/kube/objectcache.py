@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,7 +56,6 @@ class ObjectCache:
     lister: Callable[[str, str], list[dict]] | None = None
     _synced: set[tuple[str, str]] = field(default_factory=set)
     _sync_lock: threading.Lock = field(default_factory=threading.Lock)
-    clock: Callable[[], float] = time.monotonic
     _entries: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     api_reads: int = 0  # reads that went to the API (for tests and the operator's metrics)
@@ -105,7 +103,8 @@ class ObjectCache:
             self._sync(kind, namespace)
             with self._lock:
                 return copy.deepcopy([obj for (k, ns, _), obj in self._entries.items() if k == kind and ns == namespace])
-        self.api_reads += 1
+        with self._lock:
+            self.api_reads += 1
         return read()
 
     def _sync(self, kind: str, namespace: str) -> None:

@@ -102,8 +102,8 @@ def test_new_releases_are_spread_over_their_first_period():
         for i in range(40):
             s.add(f"r{i}")
         assert wait_for(lambda: len({c[0] for c in rec.calls}) == 40, 3)
-        starts = sorted(c[2] - t0 for c in rec.calls[:40])
-        assert starts[-1] > 0.25 and starts[0] < 0.25, starts
+        dues = sorted(c[1] - t0 for c in rec.calls[:40])  # when each was due: a loaded machine starts them later
+        assert dues[-1] > 0.25 and dues[0] < 0.25, dues
     finally:
         s.stop()
 

@@ -41,7 +41,7 @@ def start(stack, cluster, release: dict, hostname: str, args: str = "") -> None:
     # The route canarist wrote is in the gateway's configuration once the primary's pods answer
     # through it (Traefik loads a new route a moment after it is written).
     with GatewayTraffic(stack.gateway.url, hostname, rps=20) as probe:
-        wait_until(lambda: probe.served()["web-primary"] >= 3, 60, "answers from the primary's pods")
+        probe.wait_served("web-primary")
 
 
 def test_a_cohort_gets_its_factor_of_the_step_where_its_requests_land(stack, cluster, operator, hostname, pods):

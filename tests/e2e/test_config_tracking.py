@@ -80,6 +80,7 @@ def setup(stack, cluster, operator, judge, hostname, pods):
                                                    release)
     cluster.wait_phase("web", "Idle", 90)
     with GatewayTraffic(stack.gateway.url, hostname, rps=30, questions=arithmetic_questions(40)) as traffic:
+        traffic.wait_served("web-primary")
         yield traffic
 
 

@@ -48,6 +48,7 @@ def shadowed(stack, cluster, operator, judge, hostname, pods):
         # Every request different: pairs form by request id, not by repeated inputs.
         with GatewayTraffic(stack.gateway.url, hostname, rps=30, questions=arithmetic_questions(10_000),
                             in_order=True, mirror=mirror) as traffic:
+            traffic.wait_served("web-primary")
             yield traffic, reporting
     finally:
         mirror.stop()

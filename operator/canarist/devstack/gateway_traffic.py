@@ -132,6 +132,18 @@ class GatewayTraffic(BackgroundTraffic):
                 raise TimeoutError(f"{len(self.answers)} of {count} answers from {self.host} within {timeout}s")
             time.sleep(0.05)
 
+    def wait_served(self, deployment: str, count: int = 3, timeout: float = 60) -> float:
+        """Block until `deployment`'s pods have answered `count` requests through the gateway, and return
+        the time: a route just written is served a moment later (Traefik loads it), and what users got
+        before that is the gateway's 404, not the release's doing."""
+        deadline = time.monotonic() + timeout
+        while self.served()[deployment] < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.served()[deployment]} of {count} answers from {deployment} through "
+                                   f"{self.host} within {timeout}s: {dict(self.codes())}")
+            time.sleep(0.05)
+        return time.time()
+
     # -- the loop --------------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -137,7 +137,7 @@ def _tick(ctx: OperatorContext, body: dict, now: datetime, fresh: bool) -> Ticke
         PendingEvent(key=hashlib.sha256(f"{uid}/{transition}/{index}/{event.reason}".encode()).hexdigest()[:20],
                      reason=event.reason, message=event.message[:1024], type=event.type)
         for index, event in enumerate(decision.events)]
-    ticked = Ticked(next_in=_next_tick_in(decision.status, now, seen.gates_pending), phase_before=_phase(status),
+    ticked = Ticked(next_in=next_tick_in(decision.status, now, seen.gates_pending), phase_before=_phase(status),
                     status_after=decision.status, checks=seen.world.checks, events=list(decision.events),
                     config=[(t.kind, t.name) for t in seen.tracked])
     if decision.status != status:
@@ -170,13 +170,19 @@ def _confirm(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, rout
             ctx.objects.put(KIND, updated)
 
 
-def _next_tick_in(status: CanaryReleaseStatus, now: datetime, gates_pending: bool) -> float | None:
+def next_tick_in(status: CanaryReleaseStatus, now: datetime, gates_pending: bool) -> float | None:
     """Seconds until the next analysis check is due; None when nothing is (the resync period, and
-    watch events, pace the release) or a gate run is in flight (its end wakes the release)."""
+    watch events, pace the release) or a gate run is in flight (its end wakes the release).
+
+    A check still due after the decision did not run: the release waits on its world (canary pods
+    not ready, a missing object, a revision not rolled out yet), and a change there is a watch
+    event that wakes it. Asking for a tick at once would spin on the tick workers until then."""
     if gates_pending:
         return None
     at = next_check_at(status)
-    return None if at is None else max(0.0, (at - now).total_seconds())
+    if at is None or at <= now:
+        return None
+    return (at - now).total_seconds()
 
 
 def post_pending(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, now: datetime) -> None:

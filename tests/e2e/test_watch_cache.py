@@ -59,6 +59,10 @@ def test_an_idle_tick_makes_no_api_request_and_a_change_is_seen_from_the_cache(s
         tick()
 
     wait_until(lambda: (tick(), cluster.status("web").get("phase") == "Idle")[1], 60, "Idle", interval=0.3)
+    tick()  # the tick after a transition clears its events from the status, and posts none again
+    posts = [url for method, url in counting.requests if method == "POST" and url.endswith("/events")]
+    events = [e for e in cluster.events("web") if e.involved_object.kind == "CanaryRelease"]
+    assert events and len(posts) == len(events), f"{len(posts)} POSTs for {len(events)} events"
     for kind in WATCHED:
         ctx.objects.watch(kind)
     ctx.objects.lister = lambda kind, namespace: list_objects(counting, kind, namespace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import kubernetes
@@ -28,6 +29,10 @@ class OperatorContext:
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     _finalized: set[str] = field(default_factory=set)  # uids whose finalizer has run
+    # Keys of Events this process has posted: a status keeps a transition's events until the next
+    # tick clears them, and that tick need not post them again to be told 409.
+    _posted: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    posted_memory: int = 20_000
 
     def lock(self, namespace: str, name: str) -> threading.Lock:
         """The lock a tick and the finalizer of one release share."""
@@ -42,3 +47,13 @@ class OperatorContext:
     def is_finalized(self, uid: str) -> bool:
         with self._locks_guard:
             return uid in self._finalized
+
+    def was_posted(self, key: str) -> bool:
+        with self._locks_guard:
+            return key in self._posted
+
+    def posted(self, key: str) -> None:
+        with self._locks_guard:
+            self._posted[key] = None
+            while len(self._posted) > self.posted_memory:
+                self._posted.popitem(last=False)

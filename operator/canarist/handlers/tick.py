@@ -187,7 +187,9 @@ def next_tick_in(status: CanaryReleaseStatus, now: datetime, gates_pending: bool
 
 def post_pending(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, now: datetime) -> None:
     for pending in status.pending_events:
-        post_event(ctx.api, body, Event(pending.reason, pending.message, pending.type), now, pending.key)
+        if not ctx.was_posted(pending.key) and post_event(
+                ctx.api, body, Event(pending.reason, pending.message, pending.type), now, pending.key):
+            ctx.posted(pending.key)
 
 
 def _invalid_spec(ctx: OperatorContext, body: dict, status: CanaryReleaseStatus, message: str, now: datetime,

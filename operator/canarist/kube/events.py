@@ -12,9 +12,10 @@ from canarist.engine import Event
 log = logging.getLogger(__name__)
 
 
-def post_event(api: kubernetes.client.ApiClient, body: dict, event: Event, now: datetime, key: str) -> None:
+def post_event(api: kubernetes.client.ApiClient, body: dict, event: Event, now: datetime, key: str) -> bool:
     """Post `event` once: its name is derived from `key`, so a tick replayed after a crash (same
-    stored status, same transition) finds it already there instead of posting it twice."""
+    stored status, same transition) finds it already there instead of posting it twice. True when
+    the event is there (posted now or before)."""
     meta = body["metadata"]
     stamp = now.isoformat().replace("+00:00", "Z")
     try:
@@ -28,6 +29,8 @@ def post_event(api: kubernetes.client.ApiClient, body: dict, event: Event, now: 
         })
     except kubernetes.client.ApiException as exc:
         if exc.status == 409:
-            return  # posted by the same transition before a restart
+            return True  # posted by the same transition before a restart
         # An event is a courtesy; losing one must not stop a rollback.
         log.warning("could not post event %s: %s", event.reason, exc.reason)
+        return False
+    return True

@@ -88,6 +88,7 @@ class _State(Collector):
         self.steps: dict[tuple[str, str], tuple[tuple[Any, ...], float]] = {}  # step identity, since (epoch s)
         self.manual: dict[tuple[str, str], str | None] = {}  # release -> canary revision promoted by a person
         self.cache_source: Callable[[], dict[str, int]] | None = None
+        self.backlog_source: Callable[[], int] | None = None
         self.gates_seen: set[tuple[str, str]] = set()
         self.kinds_seen: set[str] = set()
 
@@ -97,7 +98,7 @@ class _State(Collector):
             for phase in self.phases.values():
                 counts[phase] += 1
             steps = [(key, since) for key, (_, since) in self.steps.items()]
-            source = self.cache_source
+            source, backlog_source = self.cache_source, self.backlog_source
         releases = GaugeMetricFamily("canarist_releases", "Releases per phase, as of each one's last tick.",
                                      labels=["phase"])
         for phase, count in counts.items():
@@ -121,6 +122,11 @@ class _State(Collector):
             for kind, count in sorted(sizes.items()):
                 caches.add_metric([str(kind)], float(count))
         yield caches
+        if backlog_source is not None:
+            backlog = GaugeMetricFamily("canarist_ticks_overdue", "Releases whose tick is due and not started: "
+                                        "the tick workers' backlog (above 0 for long: they do not keep up).")
+            backlog.add_metric([], float(backlog_source()))
+            yield backlog
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []  # collected at scrape time; no fixed description
@@ -240,6 +246,12 @@ def set_cache_sizes(source: Callable[[], dict[str, int]]) -> None:
         _STATE.cache_source = source
 
 
+def set_backlog(source: Callable[[], int]) -> None:
+    """A callback read at scrape time: releases whose tick is overdue."""
+    with _STATE.lock:
+        _STATE.backlog_source = source
+
+
 def set_leader(is_leader: bool) -> None:
     LEADER.set(1 if is_leader else 0)
 
@@ -257,3 +269,4 @@ def reset_for_tests() -> None:
         _STATE.steps.clear()
         _STATE.manual.clear()
         _STATE.cache_source = None
+        _STATE.backlog_source = None

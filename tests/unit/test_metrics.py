@@ -266,6 +266,12 @@ def test_gates_api_errors_caches_and_leader():
     metrics.set_cache_sizes(broken)
     assert metrics.REGISTRY.get_sample_value("canarist_cache_objects", {"kind": "ConfigMap"}) is None
 
+    backlog = [0]
+    metrics.set_backlog(lambda: backlog[0])
+    assert value("canarist_ticks_overdue") == 0
+    backlog[0] = 12
+    assert value("canarist_ticks_overdue") == 12
+
     metrics.set_leader(False)
     assert value("canarist_leader") == 0
     metrics.set_leader(True)

@@ -118,3 +118,31 @@ def test_a_failing_tick_keeps_its_release_on_the_resync_pace():
         assert wait_for(lambda: len(calls) >= 3)
     finally:
         s.stop()
+
+
+def test_overdue_counts_the_releases_the_workers_have_not_started_yet():
+    now = [100.0]
+    started = threading.Event()
+    release = threading.Event()
+
+    def tick(key, due):
+        started.set()
+        release.wait(5)
+        return None
+
+    s = Scheduler(tick=tick, resync=30.0, workers=1, first_spread=0.0, debounce=0.0, clock=lambda: now[0])
+    for key in "abc":
+        s.add(key)
+    assert s.overdue() == 3, "due at once, no worker started"
+    s.start()
+    try:
+        assert started.wait(5)
+        assert s.overdue() == 2, "one runs on the only worker; two wait for it"
+        release.set()
+        assert wait_for(lambda: s.overdue() == 0), "all three ran and are next due a resync later"
+        now[0] += 31.0
+        assert s.overdue() == 3
+    finally:
+        release.set()
+        now[0] = 100.0
+        s.stop()

@@ -98,6 +98,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> N
     ctx.gate_runner = GateRunner(workers=GATE_WORKERS, on_done=lambda key: scheduler().wake(key),
                                  deadline=max(60.0, 4 * TICK_SECONDS))
     metrics.set_cache_sizes(ctx.objects.sizes)
+    metrics.set_backlog(scheduler().overdue)
     scheduler().start()
 
 

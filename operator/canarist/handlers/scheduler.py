@@ -86,6 +86,12 @@ class Scheduler:
         with self._cond:
             return key in self._due or key in self._running
 
+    def overdue(self) -> int:
+        """Releases whose tick is due and not started yet: the workers' backlog (0 when they keep up)."""
+        with self._cond:
+            now = self.clock()
+            return sum(1 for at in self._due.values() if at <= now)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:

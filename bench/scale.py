@@ -262,6 +262,26 @@ def metrics_text(port: int) -> str:
         return answer.read().decode()
 
 
+def overdue_ticks(port: int) -> float | None:
+    found = re.search(r"^canarist_ticks_overdue ([0-9.e+]+)$", metrics_text(port), re.M)
+    return float(found.group(1)) if found else None
+
+
+def wait_settled(port: int, timeout: float, reads: int = 3, every: float = 2.0) -> str:
+    """Until the operator's tick backlog (canarist_ticks_overdue) reads 0 `reads` times in a row."""
+    deadline, zeros, highest = time.monotonic() + timeout, 0, 0.0
+    while zeros < reads:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the operator's tick backlog did not reach 0 within {timeout:.0f}s")
+        backlog = overdue_ticks(port)
+        if backlog is None:
+            return "this operator has no canarist_ticks_overdue: not waited for"
+        highest = max(highest, backlog)
+        zeros = zeros + 1 if backlog == 0 else 0
+        time.sleep(every)
+    return f"backlog at most {highest:.0f} once Idle"
+
+
 @dataclass
 class TickLagSource:
     """Where tick lag comes from; `begin()` at the window's start, `quantiles()` at its end. The
@@ -412,6 +432,14 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> Figures:
                 raise TimeoutError(f"{exc}; phases {dict(phases(custom))}, {sum(map(len, ends.values()))} ticks "
                                    f"done for {len(ends)} releases") from None
             log(f"[N={n}] all Idle {time.monotonic() - stamp:.0f}s after the operator started")
+            if port:
+                # Idle is written a tick before the workers are done with start-up (the tick after a
+                # transition, the canaries' scale-down events): the window is a steady state only
+                # once the backlog is gone.
+                settled = wait_settled(int(port), args.setup_timeout)
+                log(f"[N={n}] tick backlog 0 {time.monotonic() - stamp:.0f}s after the operator started")
+                figures.notes.append(f"{n}: start-up: all Idle, then no tick overdue, {time.monotonic() - stamp:.0f}s "
+                                     f"after the operator started ({settled})")
             service = stack.cluster.kubectl("get", "service", "-n", NAMESPACE, f"{names[-1]}-primary", "-o",
                                             "jsonpath={.spec.clusterIP}").stdout
             figures.notes.append(f"{n}: ClusterIP of the last primary Service {service}, {nodes} nodes")

@@ -87,6 +87,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> N
     # kopf keeps a worker per object for a while after its last event; no worker limit: workers
     # wait for every kind's initial listing, and a limit below the objects' number never gets there.
     settings.queueing.idle_timeout = 1.0
+    watches.quiet_event_logs()
     ctx = context()
     served = watches.served_kinds(ctx.api)
     for kind in served:
@@ -190,14 +191,14 @@ def _release_changed(event_type: str | None, body: dict) -> None:
 watches.register(_changed, watches.WATCHED)
 
 
-@kopf.on.event("", "v1", "configmaps")
+@kopf.on.event("", "v1", "configmaps", id=f"{watches.WATCH_HANDLER_PREFIX}configmaps")
 def configmap_seen(event: dict, **_) -> None:
     """Tracked configuration (canarist.kube.configcache): a change wakes the releases tracking it."""
     _config_event("ConfigMap", event)
 
 
 if TRACK_SECRETS:
-    @kopf.on.event("", "v1", "secrets")
+    @kopf.on.event("", "v1", "secrets", id=f"{watches.WATCH_HANDLER_PREFIX}secrets")
     def secret_seen(event: dict, **_) -> None:
         _config_event("Secret", event)
 

@@ -13,6 +13,8 @@ operator for minutes.)
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -115,6 +117,25 @@ def list_objects(api: kubernetes.client.ApiClient, kind: str, namespace: str) ->
     return [{"apiVersion": api_version, "kind": kind, **item} for item in listed.get("items") or []]
 
 
+WATCH_HANDLER_PREFIX = "cache-"  # the ids of the handlers that only feed caches and wake releases
+_QUIET = re.compile(rf"^Handler '{WATCH_HANDLER_PREFIX}[^']*' succeeded\.$")
+
+
+class QuietWatchEvents(logging.Filter):
+    """kopf logs "Handler ... succeeded." at INFO for every event of every watched object: at a
+    thousand releases that is most of the log and tells nothing. Their failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and _QUIET.match(record.getMessage()))
+
+
+def quiet_event_logs() -> None:
+    """Installed once on kopf's per-object logger."""
+    logger = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietWatchEvents) for f in logger.filters):
+        logger.addFilter(QuietWatchEvents())
+
+
 def register(on_change: Callable[[str, str | None, dict], None], kinds: Iterable[str]) -> None:
     """A kopf event handler for each kind (the watch's own initial listing included)."""
     for kind in kinds:
@@ -123,4 +144,4 @@ def register(on_change: Callable[[str, str | None, dict], None], kinds: Iterable
         def seen(event: dict, kind: str = kind, **_) -> None:
             on_change(kind, event.get("type"), event["object"])
 
-        kopf.on.event(group, version, plural, id=f"cache-{plural}")(seen)
+        kopf.on.event(group, version, plural, id=f"{WATCH_HANDLER_PREFIX}{plural}")(seen)

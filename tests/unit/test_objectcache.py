@@ -34,6 +34,33 @@ def test_a_watched_kind_is_read_from_the_cache_and_a_miss_means_absent():
     assert cache.api_reads == 0
 
 
+def test_a_list_looks_only_at_its_namespaces_objects_of_its_kind_and_copies_only_those_it_returns():
+    cache = ObjectCache(watched={"Deployment", "HorizontalPodAutoscaler"})
+    for i in range(1000):
+        cache.on_event("Deployment", None, obj(f"d{i}", uid=f"d{i}"))
+    for i in range(3):
+        cache.on_event("HorizontalPodAutoscaler", None, obj(f"h{i}", uid=f"h{i}", spec={"target": f"d{i}"}))
+    cache.on_event("HorizontalPodAutoscaler", None, obj("h0", uid="x", ns="other"))
+    asked: list[str] = []
+
+    def scales_d1(hpa: dict) -> bool:
+        asked.append(hpa["metadata"]["name"])
+        return hpa["spec"]["target"] == "d1"
+
+    found = cache.list("HorizontalPodAutoscaler", "ns", lambda: [], where=scales_d1)
+    assert [h["metadata"]["name"] for h in found] == ["h1"]
+    assert sorted(asked) == ["h0", "h1", "h2"], "the 1,000 Deployments and the other namespace are not looked at"
+    found[0]["spec"]["target"] = "edited"
+    assert cache.list("HorizontalPodAutoscaler", "ns", lambda: [], where=scales_d1)[0]["spec"]["target"] == "d1"
+    assert cache.sizes() == {"Deployment": 1000, "HorizontalPodAutoscaler": 4}
+    cache.forget("HorizontalPodAutoscaler", "other", "h0")
+    cache.on_event("Deployment", "DELETED", obj("d5", uid="d5"))
+    assert cache.sizes() == {"Deployment": 999, "HorizontalPodAutoscaler": 3}
+    # A kind not watched: read from the API, and `where` still applies.
+    assert [o["metadata"]["name"] for o in cache.list("Service", "ns", lambda: [obj("a"), obj("b")],
+                                                      where=lambda o: o["metadata"]["name"] == "b")] == ["b"]
+
+
 def test_entries_never_go_back_in_time_and_a_deletion_removes_only_its_incarnation():
     cache = ObjectCache(watched={"HTTPRoute"})
     cache.put("HTTPRoute", obj(rv="10", spec={"w": 1}))          # our write

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import kubernetes
 from kubernetes.client import ApiException
@@ -58,12 +58,13 @@ def _scales(hpa: dict, deployment: str) -> bool:
             and ref.get("name") == deployment)
 
 
-def _list(api: kubernetes.client.ApiClient, namespace: str, cache: ObjectCache, fresh: bool) -> list[dict]:
+def _list(api: kubernetes.client.ApiClient, namespace: str, cache: ObjectCache, fresh: bool,
+          where: Callable[[dict], bool]) -> list[dict]:
     def read() -> list[dict]:
         raw = _v2(api).list_namespaced_horizontal_pod_autoscaler(
             namespace, _preload_content=False, _request_timeout=TIMEOUT)
         return json.loads(raw.data)["items"]
-    return cache.list(KIND, namespace, read, fresh=fresh)
+    return cache.list(KIND, namespace, read, fresh=fresh, where=where)
 
 
 def target_hpa(api: kubernetes.client.ApiClient, namespace: str, deployment: str,
@@ -73,7 +74,7 @@ def target_hpa(api: kubernetes.client.ApiClient, namespace: str, deployment: str
     Two of them raise AutoscalingProblem: the HPA controller itself stops scaling pods claimed by
     more than one HPA (ScalingActive=False, reason AmbiguousSelector), so there is nothing to copy.
     """
-    found = sorted((h for h in _list(api, namespace, cache, fresh) if _scales(h, deployment)),
+    found = sorted(_list(api, namespace, cache, fresh, lambda h: _scales(h, deployment)),
                    key=lambda h: h["metadata"]["name"])
     if len(found) > 1:
         names = ", ".join(repr(h["metadata"]["name"]) for h in found)
@@ -161,7 +162,7 @@ def ensure_primary_hpa(api: kubernetes.client.ApiClient, namespace: str, target_
 
 def _ours(api: kubernetes.client.ApiClient, namespace: str, owner_uid: str, cache: ObjectCache = _PASS_THROUGH,
           fresh: bool = False) -> list[dict]:
-    return [h for h in _list(api, namespace, cache, fresh) if _managed(h) and _owned_by(h, owner_uid)]
+    return _list(api, namespace, cache, fresh, lambda h: _managed(h) and _owned_by(h, owner_uid))
 
 
 def _delete(api: kubernetes.client.ApiClient, namespace: str, hpa: dict, cache: ObjectCache = _PASS_THROUGH) -> None:

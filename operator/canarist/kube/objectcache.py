@@ -56,7 +56,9 @@ class ObjectCache:
     lister: Callable[[str, str], list[dict]] | None = None
     _synced: set[tuple[str, str]] = field(default_factory=set)
     _sync_lock: threading.Lock = field(default_factory=threading.Lock)
-    _entries: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
+    # (kind, namespace) -> name -> object: a namespace's objects of a kind are listed without
+    # looking at any other (thousands of Deployments and Services sit beside a handful of HPAs).
+    _entries: dict[tuple[str, str], dict[str, dict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     api_reads: int = 0  # reads that went to the API (for tests and the operator's metrics)
 
@@ -68,17 +70,32 @@ class ObjectCache:
     def watch(self, kind: str) -> None:
         self.watched.add(kind)
 
+    # Caller holds the lock for the three below.
+    def _held(self, key: tuple[str, str, str]) -> dict | None:
+        return self._entries.get(key[:2], {}).get(key[2])
+
+    def _keep(self, key: tuple[str, str, str], obj: dict) -> None:
+        """Keep `obj` unless a later state of it is held already."""
+        if not _newer(self._held(key), obj):
+            self._entries.setdefault(key[:2], {})[key[2]] = _slim(obj)
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        objects = self._entries.get(key[:2])
+        if objects is not None:
+            objects.pop(key[2], None)
+            if not objects:
+                del self._entries[key[:2]]
+
     def on_event(self, kind: str, event_type: str | None, body: dict) -> None:
         """A watch event: ADDED, MODIFIED, DELETED, or None for the initial listing."""
         key = self._key(kind, body)
         with self._lock:
-            current = self._entries.get(key)
             if event_type == "DELETED":
+                current = self._held(key)
                 if current is None or _uid(current) in (None, _uid(body)):
-                    self._entries.pop(key, None)
+                    self._drop(key)
                 return
-            if not _newer(current, body):
-                self._entries[key] = _slim(body)
+            self._keep(key, body)
 
     def get(self, kind: str, namespace: str, name: str, read: Reader, *, fresh: bool = False) -> dict | None:
         """The object (None: it does not exist): from the cache if its kind is watched, else `read()`."""
@@ -86,26 +103,29 @@ class ObjectCache:
         if kind in self.watched and not fresh:
             self._sync(kind, namespace)
             with self._lock:
-                return copy.deepcopy(self._entries.get(key))  # callers edit what they read
+                return copy.deepcopy(self._held(key))  # callers edit what they read
         obj = read()
         with self._lock:
             self.api_reads += 1
             if kind in self.watched:
                 if obj is None:
-                    self._entries.pop(key, None)
-                elif not _newer(self._entries.get(key), obj):
-                    self._entries[key] = _slim(obj)
+                    self._drop(key)
+                else:
+                    self._keep(key, obj)
         return obj
 
-    def list(self, kind: str, namespace: str, read: Callable[[], list[dict]], *, fresh: bool = False) -> list[dict]:
-        """Every object of a kind in a namespace: from the cache if the kind is watched, else `read()`."""
+    def list(self, kind: str, namespace: str, read: Callable[[], list[dict]], *, fresh: bool = False,
+             where: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Every object of a kind in a namespace (those `where` accepts: it reads, never edits): from
+        the cache if the kind is watched, else `read()`. Only what is returned is copied."""
         if kind in self.watched and not fresh:
             self._sync(kind, namespace)
             with self._lock:
-                return copy.deepcopy([obj for (k, ns, _), obj in self._entries.items() if k == kind and ns == namespace])
+                held = self._entries.get((kind, namespace), {}).values()
+                return copy.deepcopy([obj for obj in held if where is None or where(obj)])
         with self._lock:
             self.api_reads += 1
-        return read()
+        return [obj for obj in read() if where is None or where(obj)]
 
     def _sync(self, kind: str, namespace: str) -> None:
         """List a namespace's objects of a kind into the cache, the first time it is read."""
@@ -118,32 +138,28 @@ class ObjectCache:
             with self._lock:
                 self.api_reads += 1
                 for obj in objects:
-                    key = self._key(kind, obj)
-                    if not _newer(self._entries.get(key), obj):
-                        self._entries[key] = _slim(obj)
+                    self._keep(self._key(kind, obj), obj)
                 self._synced.add((kind, namespace))
 
     def put(self, kind: str, obj: dict) -> None:
         """Our own write's result (the object the API returned)."""
         if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
             return  # nothing to go by (a write answered without the object)
-        key = self._key(kind, obj)
         with self._lock:
-            if not _newer(self._entries.get(key), obj):
-                self._entries[key] = _slim(obj)
+            self._keep(self._key(kind, obj), obj)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """We deleted it: drop it. A watched kind then reads as absent until the watch reports it
         again, so after a conflict read it fresh instead (`get(..., fresh=True)`)."""
         with self._lock:
-            self._entries.pop((kind, namespace, name), None)
+            self._drop((kind, namespace, name))
 
     def sizes(self) -> dict[str, int]:
         """Objects held per kind."""
         counts: dict[str, int] = {}
         with self._lock:
-            for kind, _, _ in self._entries:
-                counts[kind] = counts.get(kind, 0) + 1
+            for (kind, _), objects in self._entries.items():
+                counts[kind] = counts.get(kind, 0) + len(objects)
         return counts
 
 

@@ -444,16 +444,17 @@ class Workloads:
         target is scaled to zero, so the user is told before anything is scaled."""
         pod_labels = (target["spec"]["template"].get("metadata") or {}).get("labels") or {}
         ours = {canary_service_name(self.target), primary_name(self.target)}
-        found = []
-        services = self.cache.list("Service", self.namespace, lambda: json.loads(self._core.list_namespaced_service(
-            self.namespace, _preload_content=False).data)["items"], fresh=self.fresh)
-        for service in services:
+
+        def bypass(service: dict) -> bool:
             name = service["metadata"]["name"]
             annotations = service["metadata"].get("annotations") or {}
             if name in ours or APEX_SELECTOR_ANNOTATION in annotations or (name == self.target and adopt_apex):
-                continue
-            if selects((service.get("spec") or {}).get("selector"), pod_labels):
-                found.append(name)
+                return False
+            return selects((service.get("spec") or {}).get("selector"), pod_labels)
+
+        found = [service["metadata"]["name"] for service in self.cache.list(
+            "Service", self.namespace, lambda: json.loads(self._core.list_namespaced_service(
+                self.namespace, _preload_content=False).data)["items"], fresh=self.fresh, where=bypass)]
         if not found:
             return []
         names = ", ".join(repr(n) for n in sorted(found))

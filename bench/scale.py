@@ -172,11 +172,12 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid: int) -> float:
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """The process tree's peak RSS (VmHWM), or its RSS now (field="VmRSS")."""
     total = 0
     for p in _descendants(pid):
         try:
-            found = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
+            found = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
         except OSError:
             continue
         total += int(found.group(1)) if found else 0
@@ -464,6 +465,8 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> Figures:
                 figures.notes.append(f"{n}: tick lag from the {lags.source}; from the log p50/p99 "
                                      f"{_fmt(lags.from_log[0], ' s')} / {_fmt(lags.from_log[1], ' s')}")
                 figures.rss = peak_rss_mib(operator.proc.pid)
+                figures.notes.append(f"{n}: RSS at the window's end {peak_rss_mib(operator.proc.pid, 'VmRSS'):.0f} MiB "
+                                     f"(the peak is start-up's)")
                 # Rollbacks still to come are waited for (outside the window), up to 3 intervals.
                 deadline = time.monotonic() + 3 * args.interval
                 while time.monotonic() < deadline and any(routes.back_on_primary(r) is None for r in rolling_names):

@@ -452,9 +452,11 @@ class Workloads:
                 return False
             return selects((service.get("spec") or {}).get("selector"), pod_labels)
 
+        # From the watch even on a fresh tick: a warning given once, at initialisation, is not worth
+        # listing every Service of a namespace that may hold thousands.
         found = [service["metadata"]["name"] for service in self.cache.list(
             "Service", self.namespace, lambda: json.loads(self._core.list_namespaced_service(
-                self.namespace, _preload_content=False).data)["items"], fresh=self.fresh, where=bypass)]
+                self.namespace, _preload_content=False).data)["items"], where=bypass)]
         if not found:
             return []
         names = ", ".join(repr(n) for n in sorted(found))

@@ -521,7 +521,7 @@ def test_metrics_port_env_and_dashboard_configmap_by_default(helm_bin, tmp_path)
     for metric in ("canarist_releases", "canarist_rollbacks_total", "canarist_promotions_total",
                    "canarist_checks_total", "canarist_tick_duration_seconds_bucket", "canarist_tick_lag_seconds_bucket",
                    "canarist_gate_duration_seconds_bucket", "canarist_api_errors_total", "canarist_cache_objects",
-                   "canarist_leader"):
+                   "canarist_leader", "canarist_ticks_overdue"):
         assert any(metric in e for e in exprs), f"no panel shows {metric}"
     titles = [p["title"] for p in dashboard["panels"]]
     assert len(titles) == len(set(titles)) and len({p["id"] for p in dashboard["panels"]}) == len(titles)

@@ -3,7 +3,7 @@
 Every release reads its target and primary Deployments, its Services, its HTTPRoute, the HPAs of
 its namespace and itself on every tick. Read from the API, that is about seven requests per
 release per tick; the operator instead watches these kinds in the namespaces it serves
-(`canarist.handlers.watches`, kopf index handlers) and each event updates this cache, so a tick
+(`canarist.handlers.watches`, kopf event handlers) and each event updates this cache, so a tick
 that finds nothing to change makes no API request.
 
 - A kind is `watched` once a watch feeds the cache. The first read of a watched kind in a

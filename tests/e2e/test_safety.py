@@ -85,8 +85,11 @@ def assert_primary_left_serving(cluster, primary_image: str = "registry.test/web
 
 
 def canary_never_routed_after(watcher: RouteWatcher, since: float) -> None:
-    """Once deletion began the route only ever moved users off the canary, never onto the target."""
-    later = [weights for at, weights in watcher.changes if at >= since]
+    """Once deletion began the route only ever moved users off the canary, never onto the target.
+    The weights in force when it began count too: a route already at 100 % primary (a rolled-back
+    release) never changes again, and the watcher's first read may land just before `since`."""
+    later = [weights for at, weights in watcher.changes if at < since][-1:]
+    later += [weights for at, weights in watcher.changes if at >= since]
     assert all(canary <= 1 for _, canary in later) and later[-1] == (100, 0), watcher.changes
     assert (0, 100) not in later, f"traffic handed to a revision the primary does not run: {watcher.changes}"
 

@@ -61,6 +61,30 @@ def test_a_list_looks_only_at_its_namespaces_objects_of_its_kind_and_copies_only
                                                       where=lambda o: o["metadata"]["name"] == "b")] == ["b"]
 
 
+def test_a_kind_the_operator_may_not_watch_in_a_namespace_is_read_from_the_api_there_every_time(caplog):
+    asked, listed, reads = [], [], []
+    cache = ObjectCache(watched={"HorizontalPodAutoscaler", "Deployment"},
+                        lister=lambda kind, ns: listed.append((kind, ns)) or [],
+                        permitted=lambda kind, ns: asked.append((kind, ns)) or not (kind == "HorizontalPodAutoscaler"
+                                                                                   and ns == "locked"))
+    # A watch event that did get through must not make the namespace's reads stale.
+    cache.on_event("HorizontalPodAutoscaler", None, obj("h", ns="locked", spec={"v": "old"}))
+    for _ in range(3):
+        got = cache.list("HorizontalPodAutoscaler", "locked", lambda: reads.append(1) or [obj("h", ns="locked",
+                                                                                               spec={"v": "new"})])
+        assert [h["spec"]["v"] for h in got] == ["new"]
+    assert len(reads) == 3, "read from the API on every tick"
+    assert asked == [("HorizontalPodAutoscaler", "locked")], "asked once"
+    assert not listed, "nothing listed into a cache no watch can keep"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "HorizontalPodAutoscaler" in warnings[0] and "'locked'" in warnings[0] \
+        and "list and watch verbs" in warnings[0], warnings
+    # Elsewhere, and other kinds there, are cached as before.
+    assert cache.list("HorizontalPodAutoscaler", "open", lambda: reads.append(1) or []) == []
+    assert cache.get("Deployment", "locked", "web", lambda: reads.append(1) or obj()) is None
+    assert len(reads) == 3 and listed == [("HorizontalPodAutoscaler", "open"), ("Deployment", "locked")]
+
+
 def test_entries_never_go_back_in_time_and_a_deletion_removes_only_its_incarnation():
     cache = ObjectCache(watched={"HTTPRoute"})
     cache.put("HTTPRoute", obj(rv="10", spec={"w": 1}))          # our write

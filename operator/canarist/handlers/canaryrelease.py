@@ -93,6 +93,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> N
     for kind in served:
         ctx.objects.watch(kind)
     ctx.objects.lister = lambda kind, namespace: watches.list_objects(ctx.api, kind, namespace)
+    ctx.objects.permitted = lambda kind, namespace: watches.may_watch(ctx.api, kind, namespace)
     missing = sorted(set(watches.WATCHED) - served)
     if missing:
         logger.info("not served by this cluster, read from the API when needed: %s", ", ".join(missing))

@@ -103,6 +103,23 @@ def served_kinds(api: kubernetes.client.ApiClient) -> set[str]:
     return found
 
 
+def may_watch(api: kubernetes.client.ApiClient, kind: str, namespace: str) -> bool:
+    """Whether the operator may list and watch a cached kind in a namespace (SelfSubjectAccessReview,
+    which every authenticated identity may ask). When the question itself fails, assume yes: the
+    listing that follows then fails with the API's own error."""
+    group, _, plural = WATCHED[kind]
+    authz = kubernetes.client.AuthorizationV1Api(api)
+    for verb in ("list", "watch"):
+        try:
+            review = authz.create_self_subject_access_review({"spec": {"resourceAttributes": {
+                "group": group, "resource": plural, "verb": verb, "namespace": namespace}}})
+        except kubernetes.client.ApiException:
+            return True
+        if not review.status.allowed:
+            return False
+    return True
+
+
 def list_objects(api: kubernetes.client.ApiClient, kind: str, namespace: str) -> list[dict]:
     """Every object of a watched kind in a namespace, as the API has it now."""
     group, version, plural = WATCHED[kind]

@@ -14,6 +14,9 @@ that finds nothing to change makes no API request.
   has just replaced. Entries never go back in time: the higher resourceVersion wins, and a
   deletion removes only the incarnation (uid) it reports.
 - A write refused as a conflict (409) reads the object fresh from the API, which refreshes it.
+- A namespace whose objects of a kind the operator may not list and watch (`permitted`: a
+  hand-written Role without those verbs) is never cached: a watch that cannot run would leave the
+  cache stale for good, so that kind is read from the API there on every tick.
 - `resync` reads bypass the cache and refresh it: a watch can miss a deletion while it reconnects,
   so each release reads fresh now and then (`canarist.handlers.scheduler`).
 
@@ -24,9 +27,12 @@ handed out as copies: callers edit what they read before writing it back.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 Reader = Callable[[], "dict | None"]  # the API read behind a cache miss: the object, or None if absent
 
@@ -54,7 +60,10 @@ class ObjectCache:
     watched: set[str] = field(default_factory=set)  # kinds a watch feeds (see the module docstring)
     # (kind, namespace) -> every object of that kind there, from the API: a namespace's first read
     lister: Callable[[str, str], list[dict]] | None = None
+    # (kind, namespace) -> whether the operator may list and watch them there (None: assumed so)
+    permitted: Callable[[str, str], bool] | None = None
     _synced: set[tuple[str, str]] = field(default_factory=set)
+    _direct: set[tuple[str, str]] = field(default_factory=set)  # not permitted: always read from the API
     _sync_lock: threading.Lock = field(default_factory=threading.Lock)
     # (kind, namespace) -> name -> object: a namespace's objects of a kind are listed without
     # looking at any other (thousands of Deployments and Services sit beside a handful of HPAs).
@@ -100,14 +109,14 @@ class ObjectCache:
     def get(self, kind: str, namespace: str, name: str, read: Reader, *, fresh: bool = False) -> dict | None:
         """The object (None: it does not exist): from the cache if its kind is watched, else `read()`."""
         key = (kind, namespace, name)
-        if kind in self.watched and not fresh:
-            self._sync(kind, namespace)
+        cached = self._cached(kind, namespace)
+        if cached and not fresh:
             with self._lock:
                 return copy.deepcopy(self._held(key))  # callers edit what they read
         obj = read()
         with self._lock:
             self.api_reads += 1
-            if kind in self.watched:
+            if cached:
                 if obj is None:
                     self._drop(key)
                 else:
@@ -118,8 +127,7 @@ class ObjectCache:
              where: Callable[[dict], bool] | None = None) -> list[dict]:
         """Every object of a kind in a namespace (those `where` accepts: it reads, never edits): from
         the cache if the kind is watched, else `read()`. Only what is returned is copied."""
-        if kind in self.watched and not fresh:
-            self._sync(kind, namespace)
+        if not fresh and self._cached(kind, namespace):
             with self._lock:
                 held = self._entries.get((kind, namespace), {}).values()
                 return copy.deepcopy([obj for obj in held if where is None or where(obj)])
@@ -127,12 +135,26 @@ class ObjectCache:
             self.api_reads += 1
         return [obj for obj in read() if where is None or where(obj)]
 
+    def _cached(self, kind: str, namespace: str) -> bool:
+        """Whether reads of this kind in this namespace come from the cache (listing it the first time)."""
+        if kind not in self.watched:
+            return False
+        self._sync(kind, namespace)
+        return (kind, namespace) not in self._direct
+
     def _sync(self, kind: str, namespace: str) -> None:
         """List a namespace's objects of a kind into the cache, the first time it is read."""
         if self.lister is None or (kind, namespace) in self._synced:
             return
         with self._sync_lock:
             if (kind, namespace) in self._synced:
+                return
+            if self.permitted is not None and not self.permitted(kind, namespace):
+                log.warning("the operator may not list and watch %s objects in namespace %r: they are read from "
+                            "the API on every tick there; add the list and watch verbs to its Role", kind, namespace)
+                with self._lock:
+                    self._direct.add((kind, namespace))
+                    self._synced.add((kind, namespace))
                 return
             objects = self.lister(kind, namespace)
             with self._lock:

@@ -117,7 +117,7 @@ def test_a_gateway_that_cannot_mirror_is_named_and_the_stable_version_keeps_serv
     cluster.custom.create_namespaced_custom_object("canarist.dev", "v1alpha1", cluster.namespace, "canaryreleases",
                                                    shadowed_release(judge.url, hostname, mirror="Route"))
     cluster.wait_phase("web", "Idle", 90)
-    released = time.time()
+    released = gateway_traffic.wait_served("web-primary")
     cluster.set_image("web", "registry.test/web:v2", args=reporting)
 
     def refused():

@@ -109,14 +109,13 @@ class ObjectCache:
     def get(self, kind: str, namespace: str, name: str, read: Reader, *, fresh: bool = False) -> dict | None:
         """The object (None: it does not exist): from the cache if its kind is watched, else `read()`."""
         key = (kind, namespace, name)
-        cached = self._cached(kind, namespace)
-        if cached and not fresh:
+        if not fresh and self._cached(kind, namespace):
             with self._lock:
                 return copy.deepcopy(self._held(key))  # callers edit what they read
         obj = read()
         with self._lock:
             self.api_reads += 1
-            if cached:
+            if kind in self.watched and (kind, namespace) not in self._direct:  # a fresh read refreshes it
                 if obj is None:
                     self._drop(key)
                 else:

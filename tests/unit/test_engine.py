@@ -63,6 +63,24 @@ def test_new_revision_walks_every_step_and_promotes():
     assert sim.events().count("StepStarted") == 5 and "Promoted" in sim.events()
 
 
+def test_a_promotion_keeps_saying_so_on_the_ticks_after_it():
+    """`kubectl get` after a release says which revision was promoted, not only what is served:
+    the ticks after it (the canary's scale-down wakes one at once) keep the promotion's message."""
+    sim = Sim().initialized()
+    sim.target = "rev2"
+    for _ in range(40):
+        sim.tick(PASS)
+        if sim.status.phase == Phase.SUCCEEDED:
+            break
+    said = sim.status.message
+    assert said.startswith("revision rev2") and "promoted" in said
+    for _ in range(3):
+        sim.tick()
+    assert sim.status.phase == Phase.SUCCEEDED and sim.status.message == said
+    promoted = next(c for c in sim.status.conditions if c.type == "Promoted")
+    assert promoted.status == "True" and promoted.message == said
+
+
 def test_primary_is_written_only_when_promoting():
     sim = Sim().initialized()
     sim.target = "rev2"

@@ -91,6 +91,10 @@ def _short(revision: str | None) -> str:
     return (revision or "?")[:10]
 
 
+def _promoted(revision: str | None) -> str:
+    return f"revision {_short(revision)} promoted; the primary serves it"
+
+
 class _Tick:
     def __init__(self, spec: CanaryReleaseSpec, status: CanaryReleaseStatus, world: World, now: datetime,
                  generation: int | None) -> None:
@@ -232,7 +236,9 @@ class _Tick:
         if target == s.revisions.primary:
             if s.phase == Phase.ROLLED_BACK:
                 s.phase = Phase.IDLE
-            s.message = f"primary serves revision {_short(target)}"
+            # After a release the status keeps saying which revision it promoted.
+            if not (s.phase == Phase.SUCCEEDED and s.message == _promoted(target)):
+                s.message = f"primary serves revision {_short(target)}"
         elif s.phase == Phase.ROLLED_BACK and target == s.rolled_back_revision and not retry:
             # The rollback's own message (why, and at which step) stays: the next ticks add the way out.
             hint = "change the Deployment for a new revision, or request a retry to release it again"
@@ -423,7 +429,7 @@ class _Tick:
             s.revisions.primary_template = s.revisions.canary_template
             s.revisions.primary_config = s.revisions.canary_config
             s.phase, s.step_weight = Phase.SUCCEEDED, 0
-            s.message = f"revision {_short(s.revisions.primary)} promoted; the primary serves it"
+            s.message = _promoted(s.revisions.primary)
             self._event("Promoted", s.message)
         else:
             s.message = f"promoting: waiting for the primary to run revision {_short(s.revisions.canary)}"

@@ -104,6 +104,19 @@ class Cluster:
         items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
         return sorted(items, key=lambda e: (e.first_timestamp or e.event_time, e.metadata.creation_timestamp))
 
+    def wait_events(self, name: str, reasons: set[str], timeout: float = 10) -> list[str]:
+        """The reasons of `name`'s events once all of `reasons` are among them. A transition's
+        events are posted just after the status write that makes it: a phase seen in the status
+        may be a few milliseconds ahead of its events."""
+        def posted():
+            seen = [e.reason for e in self.events(name)]
+            return seen if reasons <= set(seen) else None
+
+        try:
+            return wait_until(posted, timeout, f"events {sorted(reasons)} of {name}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; events: {[e.reason for e in self.events(name)]}") from None
+
     def route_weights(self, name: str) -> tuple[int, int] | None:
         try:
             route = self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", self.namespace,

@@ -87,8 +87,8 @@ def test_a_worse_revision_is_rolled_back_in_shadow_and_a_good_one_walks_the_step
                         "Prometheus to have scraped the canary's mirrored requests")
     print(f"canary pods counted {real:.0f} user requests and {copies:.0f} mirrored ones")
     assert real == 0 and copies > 0
-    reasons = [e.reason for e in cluster.events("web")]
-    assert "ShadowStarted" in reasons and "RolledBack" in reasons and "StepStarted" not in reasons
+    reasons = cluster.wait_events("web", {"ShadowStarted", "RolledBack"})
+    assert "StepStarted" not in reasons, reasons
 
     # A good revision passes the shadow, then walks the steps with users.
     good = time.time()
@@ -103,8 +103,8 @@ def test_a_worse_revision_is_rolled_back_in_shadow_and_a_good_one_walks_the_step
     assert status["phase"] == "Succeeded", status
     assert traffic.served(since=passed)["web"] > 0, "the steps sent users to the canary"
     assert not traffic.failures(since=released), "no user request failed"
-    reasons = [e.reason for e in cluster.events("web")]
-    assert "ShadowPassed" in reasons and reasons.count("StepStarted") >= 3
+    reasons = cluster.wait_events("web", {"ShadowPassed", "Promoted"})
+    assert reasons.count("StepStarted") >= 3, reasons
 
 
 def test_a_gateway_that_cannot_mirror_is_named_and_the_stable_version_keeps_serving(

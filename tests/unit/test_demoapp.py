@@ -395,3 +395,23 @@ def test_a_mirrored_request_is_answered_labelled_and_acts_nowhere(tmp_path):
         assert sample(samples, "http_requests_total", **base, code="200", mirrored="false") == 1
         assert sample(samples, "demoapp_notifications_total", **base, outcome="sent") == 1
         assert sample(samples, "demoapp_notifications_total", **base, outcome="skipped_mirrored") == 2
+
+
+def test_binding_a_pods_address_resolves_no_names(monkeypatch):
+    """http.server asks reverse DNS for the bound address's name; a pod's IP has none in the stack's
+    network namespace, and the resolver waited 10 s before the pod's process could answer."""
+    import socket
+
+    from canarist.devstack.demoapp import Behaviour, DemoServer
+
+    asked = []
+    monkeypatch.setattr(socket, "getfqdn", lambda *a: asked.append(a) or "unused")
+    monkeypatch.setattr(socket, "gethostbyaddr", lambda *a: asked.append(a) or ("unused", [], []))
+    server = DemoServer(0, name="web", variant="canary", revision="v2", deployment="web",
+                        behaviour=Behaviour(0.0, 0.0, None, 0.0))
+    try:
+        assert server.server_address[0] == "127.0.0.1" and server.server_address[1] > 0
+        assert server.server_name == "127.0.0.1" and server.server_port == server.server_address[1]
+        assert asked == []
+    finally:
+        server.server_close()

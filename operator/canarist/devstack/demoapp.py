@@ -33,6 +33,7 @@ import os
 import random
 import re
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -283,6 +284,13 @@ class DemoServer(ThreadingHTTPServer):
         self.metrics = Metrics(deployment, variant, revision)
         self.reporter = reporter
         self.draining = threading.Event()  # set on SIGTERM: /healthz fails, answers go on until shutdown
+
+    def server_bind(self) -> None:
+        # HTTPServer's own asks reverse DNS for the address's name (socket.getfqdn): a pod's IP has
+        # none in the stack's network namespace, and the resolver's timeouts held each pod's
+        # process 10 s before it could answer. The name is only ever used in CGI environments.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class _Handler(BaseHTTPRequestHandler):

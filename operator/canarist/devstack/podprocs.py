@@ -321,6 +321,9 @@ class PodProcesses:
         except kubernetes.client.ApiException as exc:
             if exc.status != 404:
                 log.warning("deleting pod %s/%s: %s", pod.metadata.namespace, pod.metadata.name, exc.reason)
+        except Exception as exc:  # the apiserver down (a chaos test restarts it): the watch's next
+            # listing shows the pod still terminating, and it is removed then
+            log.warning("deleting pod %s/%s: %s", pod.metadata.namespace, pod.metadata.name, exc)
 
     # -- readiness --------------------------------------------------------------------------------
 

@@ -220,4 +220,7 @@ def test_a_standby_never_acts_while_the_leader_lives(kube_client, cluster, opera
         handover = lease.first_held_by("operator-b_")[0] - stopped
         print(f"SIGTERM of the leader -> standby holds the lease: {handover:.2f}s")
     assert has_line(a, "released lease"), a.log()
-    assert [h.split("_")[0] if h else None for h in lease.holders()] == ["operator-a", None, "operator-b"]
+    # The released record (no holder) can last less than one 50 ms poll: the standby's next attempt
+    # comes at once. A take-over long before the lease could expire is the release's doing.
+    assert [h.split("_")[0] for h in lease.holders() if h] == ["operator-a", "operator-b"], lease.holders()
+    assert handover < LEASE_DURATION / 2, handover

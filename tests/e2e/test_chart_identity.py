@@ -75,7 +75,7 @@ def test_operator_with_the_chart_identity_sets_up_rolls_and_releases(stack, clus
         assert cluster.route_weights("web") == (100, 0)
         assert {s.metadata.name for s in cluster.core.list_namespaced_service(cluster.namespace).items} >= {
             "web-primary", "web-canary"}
-        wait_until(lambda: "Initialized" in {e.reason for e in cluster.events("web")}, 20, "the Initialized event")
+        cluster.wait_events("web", {"Initialized"}, 20)
 
         # A new revision: the first step scales the canary up and moves 1% of the traffic (route replaced).
         cluster.set_image("web", "registry.test/web:v2")

@@ -62,8 +62,7 @@ def test_good_revision_is_promoted_through_every_step(stack, cluster, operator, 
     assert waited.returncode == 0, waited.stderr
     assert len(step_messages(cluster)) == len(STEPS)
     # A transition's events go out right after the status write that records it.
-    wait_until(lambda: {"RolloutStarted", "Promoted"} <= {e.reason for e in cluster.events("web")}, 10,
-               "the rollout's events")
+    cluster.wait_events("web", {"RolloutStarted", "Promoted"})
     # Where the requests landed, step by step: the route's weights, within binomial tolerance, and
     # after the promotion (the route back at 0 %) not one request on the canary: its window is the
     # last, so it needs the requests of a few seconds more.

@@ -132,8 +132,7 @@ def assert_each_event_once(cluster) -> Counter:
     # A transition's events go out after the status write that records it (by the next tick if the
     # writer died in between): the phase can be read a moment before its events are there.
     wanted = ("Initialized", "RolloutStarted", "AnalysisPassed", "Promoted")
-    wait_until(lambda: all(r in {e.reason for e in cluster.events("web")} for r in wanted), 15,
-               "the transitions' events")
+    cluster.wait_events("web", set(wanted), 15)
     events = cluster.events("web")
     pairs = Counter((e.reason, e.message) for e in events)
     twice = {k: n for k, n in pairs.items() if n > 1}
@@ -175,7 +174,7 @@ def test_standby_takes_over_a_rollout_within_15s_of_a_sigkill_and_nothing_happen
     # The rollout went on where it stood: every step once, in order, and the route followed.
     assert route.canary_weights() == [0, *STEPS, 0], route.changes
     assert step_messages(cluster) == STEP_MESSAGES
-    wait_until(lambda: {"Promoted"} <= {e.reason for e in cluster.events("web")}, 10, "the Promoted event")
+    cluster.wait_events("web", {"Promoted"})
     assert_each_event_once(cluster)
     assert gateway_traffic.failures(serving_since) == [], gateway_traffic.codes(serving_since)
 
